@@ -1,0 +1,431 @@
+//! A chunk's descriptor: the anchor word, owned pops, shared pushes, state changes.
+//!
+//! # The protocol (after Michael, PLDI 2004, and LRMalloc, 2018)
+//!
+//! Each chunk serving a class has one atomic *anchor*: `{state, class, head, count}`.
+//! `head` is the index of the first block of the chunk's shared free list; the list is
+//! linked through each free block's first word (block indices, not pointers).
+//!
+//! | state     | who may take blocks                | `count` means                      |
+//! |-----------|------------------------------------|------------------------------------|
+//! | `ACTIVE`  | its one owner (a thread holding it, or the active slot it sits in) | blocks pushed since the owner's last take |
+//! | `PARTIAL` | nobody: listed in its class's partial map | every free block (listed + uncarved) |
+//! | `FULL`    | nobody: listed nowhere             | 0                                  |
+//! | `EMPTY`   | the chunk is free or being retired  | —                                  |
+//!
+//! Blocks move like this:
+//! - **free** (anyone): push the block: write its link, CAS the anchor to `head = block,
+//!   count + 1`. `FULL` becomes `PARTIAL` (the freer then lists it); a `PARTIAL` push
+//!   that makes `count == capacity` becomes `EMPTY`, and the freer, now its only owner,
+//!   retires the chunk to the free-chunk map so any class can reuse it.
+//! - **take** (owner only): CAS the whole shared list away (`count = 0`) into the
+//!   owner's *private* list, then pop from that with plain loads and stores. Blocks past
+//!   `carved` have never been handed out; the owner carves them one by one.
+//! - **claim** (anyone who took a partial listing): CAS `PARTIAL -> ACTIVE`, taking
+//!   every free block at once.
+//! - **release** (the owner, when it cannot keep the chunk): splice the private list
+//!   back and CAS to `FULL`, `PARTIAL` or `EMPTY` according to the total.
+//!
+//! Why no ABA (I3) with a one-word CAS and no tag: every CAS here is correct for the
+//! value it compares against, whatever happened before. A push links the block to the
+//! current head, and `(head, count)` fully describes the current list. Only the owner
+//! ever lowers `count` or leaves `ACTIVE`, so the owner's take cannot be fooled by an
+//! old value. A claim that compares against an old `PARTIAL` value that has come round
+//! again takes exactly the list that value describes. No one ever reads a block's link
+//! unless the block is on its own private list, so no read races a reuse.
+//!
+//! The owner-only fields (`private`, `carve`) are plain atomics accessed Relaxed; the
+//! anchor's Release/Acquire CAS at each change of owner orders them.
+//!
+//! Depends on: `sync`, `class`. Upholds I1, I2, I3, I4.
+
+use crate::class::{Class, CHUNK};
+use crate::sync::{read_link, write_link, AtomicU32, Ordering};
+
+/// Anchor state: free, unformatted or being retired.
+pub(crate) const EMPTY: u32 = 0;
+/// Anchor state: owned; only the owner takes blocks.
+pub(crate) const ACTIVE: u32 = 1;
+/// Anchor state: unowned with free blocks, listed in the class's partial map.
+pub(crate) const PARTIAL: u32 = 2;
+/// Anchor state: unowned with no free block.
+pub(crate) const FULL: u32 = 3;
+/// The class field of a chunk that heads a span of whole chunks.
+pub(crate) const SPAN_CLASS: u32 = 15;
+
+/// The anchor word, unpacked. Layout: count bits 0..13, head 13..25, class 25..29,
+/// state 29..31. It fits 32 bits so every target's single-word CAS serves (I2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Anchor(pub(crate) u32);
+
+impl Anchor {
+    const COUNT_BITS: u32 = 13;
+    const HEAD_BITS: u32 = 12;
+    const CLASS_BITS: u32 = 4;
+    const HEAD_SHIFT: u32 = Self::COUNT_BITS;
+    const CLASS_SHIFT: u32 = Self::HEAD_SHIFT + Self::HEAD_BITS;
+    const STATE_SHIFT: u32 = Self::CLASS_SHIFT + Self::CLASS_BITS;
+
+    #[inline(always)]
+    pub(crate) const fn new(state: u32, class: u32, head: u32, count: u32) -> Anchor {
+        Anchor(
+            (state << Self::STATE_SHIFT)
+                | ((class & ((1 << Self::CLASS_BITS) - 1)) << Self::CLASS_SHIFT)
+                | ((head & ((1 << Self::HEAD_BITS) - 1)) << Self::HEAD_SHIFT)
+                | (count & ((1 << Self::COUNT_BITS) - 1)),
+        )
+    }
+    #[inline(always)]
+    pub(crate) const fn count(self) -> u32 {
+        self.0 & ((1 << Self::COUNT_BITS) - 1)
+    }
+    #[inline(always)]
+    pub(crate) const fn head(self) -> u32 {
+        (self.0 >> Self::HEAD_SHIFT) & ((1 << Self::HEAD_BITS) - 1)
+    }
+    #[inline(always)]
+    pub(crate) const fn class(self) -> u32 {
+        (self.0 >> Self::CLASS_SHIFT) & ((1 << Self::CLASS_BITS) - 1)
+    }
+    #[inline(always)]
+    pub(crate) const fn state(self) -> u32 {
+        (self.0 >> Self::STATE_SHIFT) & 3
+    }
+    /// The small class, if this anchor is a live small-block chunk's.
+    #[inline(always)]
+    pub(crate) const fn small_class(self) -> Option<Class> {
+        if self.state() == EMPTY {
+            None
+        } else {
+            Class::from_id(self.class())
+        }
+    }
+}
+
+/// What a push did to the chunk, which tells the pusher what it must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Nothing more to do.
+    Done,
+    /// The chunk went `FULL -> PARTIAL`: the caller must list it.
+    Listed,
+    /// The chunk went `EMPTY`: the caller owns it and must retire it.
+    Emptied,
+    /// The anchor says the chunk holds no live block of a small class: a double or
+    /// invalid free. Nothing was changed.
+    Rejected,
+}
+
+/// One chunk's descriptor, kept in its region's side table (no per-block header).
+pub(crate) struct Desc {
+    /// The anchor (see the module docs).
+    pub(crate) anchor: AtomicU32,
+    /// Owner-only: private list head (low 16 bits) and length (high 16 bits).
+    private: AtomicU32,
+    /// Owner-only: `carved` blocks (low 16 bits) and `dirty` bytes (high 16 bits): bytes
+    /// at or past `dirty` have never been handed out since the memory was zero.
+    carve: AtomicU32,
+    /// For a span head: the number of chunks in the span.
+    pub(crate) span: AtomicU32,
+}
+
+/// Block `idx` of the chunk at `base`.
+#[inline(always)]
+fn block(base: *mut u8, class: Class, idx: u32) -> *mut u8 {
+    base.wrapping_add((idx as usize) << class.shift())
+}
+
+impl Desc {
+    /// A fresh descriptor. Outside loom, zeroed memory already is one.
+    #[cfg(loom)]
+    pub(crate) fn new() -> Desc {
+        Desc {
+            anchor: AtomicU32::new(0),
+            private: AtomicU32::new(0),
+            carve: AtomicU32::new(0),
+            span: AtomicU32::new(0),
+        }
+    }
+
+    /// A snapshot of the anchor.
+    #[inline(always)]
+    pub(crate) fn anchor(&self, o: Ordering) -> Anchor {
+        Anchor(self.anchor.load(o))
+    }
+
+    /// Formats a chunk the caller has just claimed from the free map for `class`.
+    pub(crate) fn format(&self, class: Class) {
+        // ORDERING (all three): Relaxed. The caller owns the chunk exclusively (claimed
+        // with an Acquire RMW on the used map). Nobody can take it from `ACTIVE`, and the
+        // owner's later Release CAS publishes these writes to the next owner.
+        self.private.store(0, Ordering::Relaxed);
+        let dirty = self.carve.load(Ordering::Relaxed) & 0xFFFF_0000;
+        self.carve.store(dirty, Ordering::Relaxed);
+        self.anchor.store(
+            Anchor::new(ACTIVE, class.id() as u32, 0, 0).0,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Takes one block. Returns its index and whether it is known to be zero. Returns
+    /// `None` when the chunk had no free block left; it is then `FULL` and no longer the
+    /// caller's.
+    ///
+    /// # Safety
+    /// - the caller owns the chunk (`ACTIVE`, taken from a slot, claimed or formatted),
+    ///   serving `class`, and `base` is the chunk's first byte.
+    #[inline(always)]
+    pub(crate) unsafe fn owner_pop(&self, base: *mut u8, class: Class) -> Option<(u32, bool)> {
+        // ORDERING: Relaxed: owner-only field, ordered by the ownership hand-over.
+        let private = self.private.load(Ordering::Relaxed);
+        if private >> 16 != 0 {
+            let idx = private & 0xFFFF;
+            // SAFETY: I1, the block heads our private list, so we own it.
+            let next = unsafe { read_link(block(base, class, idx)) };
+            // ORDERING: Relaxed: owner-only.
+            self.private.store(
+                (private - (1 << 16)) & 0xFFFF_0000 | (next & 0xFFFF),
+                Ordering::Relaxed,
+            );
+            return Some((idx, false));
+        }
+        // ORDERING: Relaxed: owner-only.
+        let carve = self.carve.load(Ordering::Relaxed);
+        let carved = carve & 0xFFFF;
+        if carved < class.capacity() {
+            // ORDERING: Relaxed: owner-only.
+            self.carve.store(carve + 1, Ordering::Relaxed);
+            let zero = (carved as usize) << class.shift() >= (carve >> 16) as usize;
+            return Some((carved, zero));
+        }
+        // SAFETY: forwarded from our caller.
+        unsafe { self.take_shared_slow(base, class) }
+    }
+
+    /// The owner's private list and uncarved blocks are exhausted: take the shared list,
+    /// or give the chunk up as `FULL`.
+    ///
+    /// # Safety
+    /// - as for [`owner_pop`](Self::owner_pop).
+    #[cold]
+    #[inline(never)]
+    unsafe fn take_shared_slow(&self, base: *mut u8, class: Class) -> Option<(u32, bool)> {
+        // ORDERING: Relaxed; the successful CAS below carries the ordering.
+        let mut a = self.anchor(Ordering::Relaxed);
+        loop {
+            if a.count() == 0 {
+                let full = Anchor::new(FULL, class.id() as u32, 0, 0);
+                // ORDERING: Release pairs with the Acquire CAS of whoever next owns the
+                // chunk (a claim after the first free lists it): our owner-only writes
+                // happen-before theirs.
+                match self.anchor.compare_exchange(
+                    a.0,
+                    full.0,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return None,
+                    Err(now) => a = Anchor(now),
+                }
+            } else {
+                let taken = Anchor::new(ACTIVE, class.id() as u32, 0, 0);
+                // ORDERING: Acquire pairs with the Release CAS of every push in the
+                // list (a release sequence of RMWs): their link writes are visible.
+                match self.anchor.compare_exchange(
+                    a.0,
+                    taken.0,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        let idx = a.head();
+                        // SAFETY: I1, we just took the whole list, so we own its blocks.
+                        let next = unsafe { read_link(block(base, class, idx)) };
+                        let rest = a.count() - 1;
+                        // ORDERING: Relaxed: owner-only.
+                        self.private
+                            .store((rest << 16) | (next & 0xFFFF), Ordering::Relaxed);
+                        return Some((idx, false));
+                    }
+                    Err(now) => a = Anchor(now),
+                }
+            }
+        }
+    }
+
+    /// Takes ownership of a chunk whose partial listing the caller removed. Returns
+    /// `false` if the chunk is not `PARTIAL` for `class` (the listing was stale; whoever
+    /// makes it `PARTIAL` again lists it again).
+    pub(crate) fn claim(&self, class: Class) -> bool {
+        // ORDERING: Acquire pairs with the Release of the CAS that made the chunk PARTIAL
+        // (the value we read is in its release sequence).
+        let mut a = self.anchor(Ordering::Acquire);
+        loop {
+            if a.state() != PARTIAL || a.class() != class.id() as u32 {
+                return false;
+            }
+            let taken = Anchor::new(ACTIVE, class.id() as u32, 0, 0);
+            // ORDERING: Acquire: the previous owner's owner-only writes and every
+            // pusher's link writes happen-before our reads of them.
+            match self
+                .anchor
+                .compare_exchange(a.0, taken.0, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => a = Anchor(now),
+            }
+        }
+        // ORDERING: Relaxed: owner-only, ordered by the CAS above.
+        let carved = self.carve.load(Ordering::Relaxed) & 0xFFFF;
+        let uncarved = class.capacity().saturating_sub(carved);
+        let listed = a.count().saturating_sub(uncarved);
+        // ORDERING: Relaxed: owner-only.
+        self.private
+            .store((listed << 16) | a.head(), Ordering::Relaxed);
+        true
+    }
+
+    /// Gives up ownership. Returns what the caller must do next: list the chunk
+    /// ([`Pushed::Listed`]), retire it ([`Pushed::Emptied`]) or nothing.
+    ///
+    /// # Safety
+    /// - as for [`owner_pop`](Self::owner_pop); afterwards the caller no longer owns it.
+    pub(crate) unsafe fn release(&self, base: *mut u8, class: Class) -> Pushed {
+        // ORDERING: Relaxed: owner-only.
+        let private = self.private.load(Ordering::Relaxed);
+        let (phead, plen) = (private & 0xFFFF, private >> 16);
+        // ORDERING: Relaxed: owner-only.
+        let carved = self.carve.load(Ordering::Relaxed) & 0xFFFF;
+        let extra = plen + class.capacity().saturating_sub(carved);
+        // Find the private list's tail, to splice the list in front of the shared one.
+        let mut tail = phead;
+        for _ in 1..plen {
+            // SAFETY: I1, every block on the private list is ours.
+            tail = unsafe { read_link(block(base, class, tail)) };
+        }
+        // ORDERING: Relaxed: owner-only.
+        self.private.store(0, Ordering::Relaxed);
+        // ORDERING: Relaxed; the CAS carries the ordering.
+        let mut a = self.anchor(Ordering::Relaxed);
+        loop {
+            let head = if plen > 0 {
+                // SAFETY: I1, the tail is still on our private list until the CAS.
+                unsafe { write_link(block(base, class, tail), a.head()) };
+                phead
+            } else {
+                a.head()
+            };
+            let count = a.count() + extra;
+            let (state, next) = if count == 0 {
+                (FULL, Pushed::Done)
+            } else if count >= class.capacity() {
+                (EMPTY, Pushed::Emptied)
+            } else {
+                (PARTIAL, Pushed::Listed)
+            };
+            let new = Anchor::new(state, class.id() as u32, head, count);
+            // ORDERING: Release publishes our owner-only writes and the spliced links to
+            // the next owner; AcqRel when we keep the chunk (EMPTY) to see every pusher's
+            // writes before we reuse its memory.
+            let ord = if state == EMPTY {
+                Ordering::AcqRel
+            } else {
+                Ordering::Release
+            };
+            match self
+                .anchor
+                .compare_exchange(a.0, new.0, ord, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(now) => a = Anchor(now),
+            }
+        }
+    }
+
+    /// Pushes block `idx` (of a chunk at `base` serving `class`) onto the shared list.
+    ///
+    /// # Safety
+    /// - the block is handed out and the caller owns it (it is freeing it);
+    /// - `class` is the class the chunk served when the block was handed out.
+    #[inline(always)]
+    pub(crate) unsafe fn push(&self, base: *mut u8, class: Class, idx: u32) -> Pushed {
+        let b = block(base, class, idx);
+        // ORDERING: Relaxed; the CAS carries the ordering.
+        let mut a = self.anchor(Ordering::Relaxed);
+        loop {
+            if a.small_class() != Some(class) {
+                return Pushed::Rejected;
+            }
+            let count = a.count() + 1;
+            let (state, next) = match a.state() {
+                FULL => (PARTIAL, Pushed::Listed),
+                PARTIAL if count >= class.capacity() => (EMPTY, Pushed::Emptied),
+                PARTIAL => (PARTIAL, Pushed::Done),
+                _ => (ACTIVE, Pushed::Done),
+            };
+            if a.state() == ACTIVE && count > class.capacity() {
+                return Pushed::Rejected;
+            }
+            // SAFETY: I1, we are freeing the block, so we own it until the CAS succeeds.
+            unsafe { write_link(b, a.head()) };
+            let new = Anchor::new(state, class.id() as u32, idx, count);
+            // ORDERING: Release pairs with the owner's Acquire take/claim: our link write
+            // (and the user's last writes to the block) happen-before its reuse. AcqRel
+            // when we become the owner (EMPTY), to see the previous owner's writes.
+            let ord = if state == EMPTY {
+                Ordering::AcqRel
+            } else {
+                Ordering::Release
+            };
+            match self
+                .anchor
+                .compare_exchange(a.0, new.0, ord, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(now) => a = Anchor(now),
+            }
+        }
+    }
+
+    /// Resets an `EMPTY` chunk the caller owns before it goes back to the free map.
+    /// Remembers how far its memory has been dirtied, for `alloc_zeroed`.
+    pub(crate) fn reset(&self, class: Option<Class>) {
+        // ORDERING: Relaxed: owner-only; the free map's Release publishes it.
+        let carve = self.carve.load(Ordering::Relaxed);
+        let used = match class {
+            Some(c) => ((carve & 0xFFFF) as usize) << c.shift(),
+            None => CHUNK,
+        };
+        let dirty = ((carve >> 16) as usize).max(used).min(CHUNK) as u32;
+        // ORDERING: Relaxed: owner-only, as above.
+        self.carve.store(dirty << 16, Ordering::Relaxed);
+        self.private.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the chunk's memory is still all zero. Only meaningful to its owner.
+    pub(crate) fn is_clean(&self) -> bool {
+        // ORDERING: Relaxed: owner-only.
+        self.carve.load(Ordering::Relaxed) >> 16 == 0
+    }
+
+    /// Marks the whole chunk dirty (it is being handed out as part of a span).
+    pub(crate) fn mark_dirty(&self) {
+        // ORDERING: Relaxed: owner-only.
+        self.carve.store((CHUNK as u32) << 16, Ordering::Relaxed);
+    }
+
+    /// Free blocks, approximately (owner-only fields are read racily): for statistics.
+    pub(crate) fn free_blocks(&self, class: Class) -> u32 {
+        let a = self.anchor(Ordering::Relaxed);
+        match a.state() {
+            ACTIVE => {
+                // ORDERING: Relaxed: a snapshot for statistics only.
+                let private = self.private.load(Ordering::Relaxed) >> 16;
+                let carved = self.carve.load(Ordering::Relaxed) & 0xFFFF;
+                (a.count() + private + class.capacity().saturating_sub(carved))
+                    .min(class.capacity())
+            }
+            _ => a.count().min(class.capacity()),
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The allocator: active slots, refills, spans, frees, reallocation.
+//!
+//! # Active slots
+//! Each class has [`SLOTS`] slots, each holding one `ACTIVE` chunk or nothing. To
+//! allocate, a thread *swaps* a slot to empty, which makes it the chunk's only owner;
+//! it pops a block with plain loads and stores (see `chunk.rs`), then puts the chunk
+//! back with a CAS from empty. The slot to try first is a hash of the stack address, so
+//! threads (whose stacks lie megabytes apart) spread over the slots without any TLS.
+//!
+//! A thread stopped while it holds a chunk (preempted, or interrupted by a signal
+//! handler) blocks nobody (I4): the handler finds that slot empty and tries the next,
+//! then a partial chunk, then a free one. When the thread resumes and finds its slot
+//! refilled, it tries the other slots, then releases its chunk to the partial map.
+//!
+//! # Where memory comes from
+//! `slot -> other slots -> partial map -> free map -> (reclaim slots) -> null`. When a
+//! class's free blocks are all back in a chunk that no one owns, the chunk returns to
+//! the free map, so memory moves between classes (AO_malloc never does). Requests above
+//! the largest class take a run of whole chunks from the free map.
+//!
+//! Depends on: `sync`, `class`, `bitmap`, `chunk`, `region`. Upholds I1-I4, I6.
+
+use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS};
+use crate::class::{fit, Class, Fit, CHUNK, CHUNK_SHIFT, NCLASSES};
+use crate::region::Region;
+use crate::sync::{AtomicU32, AtomicUsize, Ordering};
+
+/// Active slots per class.
+pub(crate) const SLOTS: usize = 4;
+const SLOT_BITS: u32 = SLOTS.trailing_zeros();
+static_assertions::const_assert!(SLOTS.is_power_of_two());
+
+/// One active slot: 0, or a chunk index + 1. Padded so threads on different slots
+/// never share a cache line.
+#[repr(align(64))]
+struct Slot(AtomicU32);
+
+/// Why a free was refused (only ever reported; nothing is changed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Not a block this heap handed out.
+    Invalid,
+    /// A block that is already free.
+    DoubleFree,
+}
+
+/// The allocator state that does not scale with the heap (the side tables live in
+/// the region).
+pub(crate) struct Heap {
+    slots: [[Slot; SLOTS]; NCLASSES],
+    /// Chunks in use (formatted for a class or part of a span).
+    used_chunks: AtomicUsize,
+    /// The most chunks ever in use at once.
+    peak_chunks: AtomicUsize,
+}
+
+/// The slot to try first: a hash of the stack address. No TLS, no initialisation.
+#[inline(always)]
+fn slot_hint() -> usize {
+    const GOLDEN: usize = 0x9E37_79B9_7F4A_7C15_u64 as usize;
+    let probe = 0u8;
+    let sp = core::ptr::addr_of!(probe).addr();
+    (sp >> 16).wrapping_mul(GOLDEN) >> (usize::BITS - SLOT_BITS)
+}
+
+impl Heap {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Heap {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const SLOT: Slot = Slot(AtomicU32::new(0));
+        #[allow(clippy::declare_interior_mutable_const)]
+        const CLASS: [Slot; SLOTS] = [SLOT; SLOTS];
+        Heap {
+            slots: [CLASS; NCLASSES],
+            used_chunks: AtomicUsize::new(0),
+            peak_chunks: AtomicUsize::new(0),
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Heap {
+        Heap {
+            slots: core::array::from_fn(|_| core::array::from_fn(|_| Slot(AtomicU32::new(0)))),
+            used_chunks: AtomicUsize::new(0),
+            peak_chunks: AtomicUsize::new(0),
+        }
+    }
+
+    /// Allocates `size` bytes at `align`; the flag says the memory is known to be zero.
+    #[inline(always)]
+    pub(crate) fn alloc(&self, r: &Region, size: usize, align: usize) -> Option<(*mut u8, bool)> {
+        match fit(size, align)? {
+            Fit::Small(c) => self.alloc_small(r, c),
+            Fit::Span(n) => self.alloc_span_slow(r, n),
+        }
+    }
+
+    #[inline(always)]
+    fn slot(&self, c: Class, s: usize) -> Option<&Slot> {
+        self.slots.get(c.id())?.get(s % SLOTS)
+    }
+
+    #[inline(always)]
+    fn alloc_small(&self, r: &Region, c: Class) -> Option<(*mut u8, bool)> {
+        let hint = slot_hint();
+        if let Some(got) = self.pop_from_slot(r, c, hint) {
+            return Some(got);
+        }
+        self.alloc_small_slow(r, c, hint)
+    }
+
+    /// Takes slot `s`'s chunk, pops a block and puts the chunk back.
+    #[inline(always)]
+    fn pop_from_slot(&self, r: &Region, c: Class, s: usize) -> Option<(*mut u8, bool)> {
+        let slot = self.slot(c, s)?;
+        // ORDERING: Acquire pairs with the Release CAS in `put_back`: the previous
+        // holder's owner-only writes happen-before ours.
+        let v = slot.0.swap(0, Ordering::Acquire);
+        let ci = (v as usize).checked_sub(1)?;
+        self.pop_and_keep(r, c, ci, s)
+    }
+
+    /// Pops a block from chunk `ci`, which the caller owns, and keeps the chunk in a slot
+    /// (or releases it). `None` if the chunk was exhausted (it is then `FULL`).
+    #[inline(always)]
+    fn pop_and_keep(&self, r: &Region, c: Class, ci: usize, s: usize) -> Option<(*mut u8, bool)> {
+        let d = r.desc(ci)?;
+        let base = r.chunk_base(ci);
+        // SAFETY: I1, we own chunk `ci`: it came out of a slot, a claim or the free map.
+        let (idx, zero) = unsafe { d.owner_pop(base, c) }?;
+        self.put_back(r, c, ci, s);
+        Some((base.wrapping_add((idx as usize) << c.shift()), zero))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_small_slow(&self, r: &Region, c: Class, hint: usize) -> Option<(*mut u8, bool)> {
+        for k in 1..SLOTS {
+            if let Some(got) = self.pop_from_slot(r, c, hint + k) {
+                return Some(got);
+            }
+        }
+        while let Some(ci) = r.partial(c).take_any() {
+            let Some(d) = r.desc(ci) else { continue };
+            if d.claim(c) {
+                if let Some(got) = self.pop_and_keep(r, c, ci, hint) {
+                    return Some(got);
+                }
+            }
+        }
+        let ci = self.claim_chunks_slow(r, 1)?;
+        r.desc(ci)?.format(c);
+        self.pop_and_keep(r, c, ci, hint)
+    }
+
+    /// Puts chunk `ci` (which the caller owns) back into an empty slot of class `c`,
+    /// starting at `s`; releases it if every slot is taken.
+    #[inline(always)]
+    fn put_back(&self, r: &Region, c: Class, ci: usize, s: usize) {
+        let v = ci as u32 + 1;
+        for k in 0..SLOTS {
+            let Some(slot) = self.slot(c, s + k) else {
+                break;
+            };
+            // ORDERING: Release pairs with the Acquire swap in `pop_from_slot`.
+            if slot
+                .0
+                .compare_exchange(0, v, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+        self.release_slow(r, c, ci);
+    }
+
+    /// Gives up chunk `ci`, which the caller owns.
+    #[cold]
+    #[inline(never)]
+    fn release_slow(&self, r: &Region, c: Class, ci: usize) {
+        let Some(d) = r.desc(ci) else { return };
+        // SAFETY: I1, the caller owns chunk `ci`, which serves `c`.
+        match unsafe { d.release(r.chunk_base(ci), c) } {
+            Pushed::Listed => r.partial(c).set(ci),
+            Pushed::Emptied => self.retire(r, ci, Some(c)),
+            Pushed::Done | Pushed::Rejected => {}
+        }
+    }
+
+    /// Returns chunk `ci`, `EMPTY` and owned by the caller, to the free map.
+    fn retire(&self, r: &Region, ci: usize, c: Option<Class>) {
+        if let Some(d) = r.desc(ci) {
+            d.reset(c);
+        }
+        if let Some(c) = c {
+            // A listing left by a releaser that was overtaken; claimers would drop it
+            // anyway, so this only saves them the work.
+            r.partial(c).clear(ci);
+        }
+        // ORDERING: Relaxed: a statistic.
+        self.used_chunks.fetch_sub(1, Ordering::Relaxed);
+        r.used().clear(ci);
+    }
+
+    /// Claims `n` consecutive free chunks, reclaiming idle slot chunks if none are free.
+    #[cold]
+    #[inline(never)]
+    fn claim_chunks_slow(&self, r: &Region, n: usize) -> Option<usize> {
+        let used = r.used();
+        let ci = match used.claim_run(r.first(), r.end(), n) {
+            Some(ci) => ci,
+            None => {
+                if !self.reclaim_slots(r) {
+                    return None;
+                }
+                used.claim_run(r.first(), r.end(), n)?
+            }
+        };
+        // ORDERING: Relaxed: statistics.
+        let now = self.used_chunks.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak_chunks.fetch_max(now, Ordering::Relaxed);
+        Some(ci)
+    }
+
+    /// Empties every slot, releasing its chunk, so chunks whose blocks are all free go
+    /// back to the free map. Returns whether any chunk was retired.
+    fn reclaim_slots(&self, r: &Region) -> bool {
+        // ORDERING: Relaxed: only compared before and after.
+        let before = self.used_chunks.load(Ordering::Relaxed);
+        for c in Class::all() {
+            for s in 0..SLOTS {
+                let Some(slot) = self.slot(c, s) else {
+                    continue;
+                };
+                // ORDERING: Acquire, as in `pop_from_slot`: we become the owner.
+                let v = slot.0.swap(0, Ordering::Acquire);
+                if let Some(ci) = (v as usize).checked_sub(1) {
+                    self.release_slow(r, c, ci);
+                }
+            }
+        }
+        // ORDERING: Relaxed, as above.
+        self.used_chunks.load(Ordering::Relaxed) < before
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_span_slow(&self, r: &Region, n: usize) -> Option<(*mut u8, bool)> {
+        if n > r.end() {
+            return None;
+        }
+        let ci = self.claim_chunks_slow(r, n)?;
+        let mut zero = true;
+        for i in ci..ci + n {
+            if let Some(d) = r.desc(i) {
+                zero &= d.is_clean();
+                d.mark_dirty();
+            }
+        }
+        let d = r.desc(ci)?;
+        // ORDERING: Relaxed: we own the run exclusively; whoever frees the span learns
+        // of it through the user's own synchronisation with us.
+        d.span.store(n as u32, Ordering::Relaxed);
+        d.anchor
+            .store(Anchor::new(ACTIVE, SPAN_CLASS, 0, 0).0, Ordering::Relaxed);
+        Some((r.chunk_base(ci), zero))
+    }
+
+    /// Frees the block at `ptr`.
+    #[inline(always)]
+    pub(crate) fn free(&self, r: &Region, ptr: *mut u8) -> Result<(), Refused> {
+        let (ci, off) = r.locate(ptr).ok_or(Refused::Invalid)?;
+        let d = r.desc(ci).ok_or(Refused::Invalid)?;
+        // ORDERING: Relaxed: the block is live, so its chunk's class cannot change; the
+        // user's synchronisation with the allocating thread ordered the class write.
+        let a = d.anchor(Ordering::Relaxed);
+        let Some(c) = a.small_class() else {
+            return self.free_span_slow(r, ci, off, a);
+        };
+        if off & (c.size() - 1) != 0 {
+            return Err(Refused::Invalid);
+        }
+        // SAFETY: the caller frees a block it owns; `c` is its chunk's class (above).
+        match unsafe { d.push(r.chunk_base(ci), c, (off >> c.shift()) as u32) } {
+            Pushed::Done => Ok(()),
+            Pushed::Listed => {
+                r.partial(c).set(ci);
+                Ok(())
+            }
+            Pushed::Emptied => {
+                self.retire(r, ci, Some(c));
+                Ok(())
+            }
+            Pushed::Rejected => Err(Refused::DoubleFree),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_span_slow(&self, r: &Region, ci: usize, off: usize, a: Anchor) -> Result<(), Refused> {
+        if a.state() != ACTIVE || a.class() != SPAN_CLASS || off != 0 {
+            return Err(if a.state() == EMPTY && off == 0 {
+                Refused::DoubleFree
+            } else {
+                Refused::Invalid
+            });
+        }
+        let d = r.desc(ci).ok_or(Refused::Invalid)?;
+        // ORDERING: Relaxed: the span is live and ours to free (see `alloc_span_slow`).
+        let n = d.span.load(Ordering::Relaxed) as usize;
+        let freed = Anchor::new(EMPTY, SPAN_CLASS, 0, 0);
+        // ORDERING: Relaxed: this CAS only makes a second free of the span fail; the
+        // used map's Release publishes the chunks to their next owner.
+        if d.anchor
+            .compare_exchange(a.0, freed.0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return Err(Refused::DoubleFree);
+        }
+        // ORDERING: Relaxed: a statistic.
+        self.used_chunks.fetch_sub(n, Ordering::Relaxed);
+        r.used().release_run(ci, n);
+        Ok(())
+    }
+
+    /// The usable size of the live block at `ptr`, or 0 if `ptr` is not one.
+    pub(crate) fn usable_size(&self, r: &Region, ptr: *const u8) -> usize {
+        let Some((ci, off)) = r.locate(ptr) else {
+            return 0;
+        };
+        let Some(d) = r.desc(ci) else { return 0 };
+        let a = d.anchor(Ordering::Relaxed);
+        match a.small_class() {
+            Some(c) if off & (c.size() - 1) == 0 => c.size(),
+            Some(_) => 0,
+            None if a.state() == ACTIVE && a.class() == SPAN_CLASS && off == 0 => {
+                // ORDERING: Relaxed: the span is live (caller's contract).
+                (d.span.load(Ordering::Relaxed) as usize) << CHUNK_SHIFT
+            }
+            None => 0,
+        }
+    }
+
+    /// Resizes in place if the block's class (or span length) allows; `false` if the
+    /// caller must move it.
+    pub(crate) fn resize_in_place(
+        &self,
+        r: &Region,
+        ptr: *mut u8,
+        size: usize,
+        align: usize,
+    ) -> bool {
+        let Some(want) = fit(size, align) else {
+            return false;
+        };
+        let Some((ci, off)) = r.locate(ptr) else {
+            return false;
+        };
+        let Some(d) = r.desc(ci) else { return false };
+        let a = d.anchor(Ordering::Relaxed);
+        match (a.small_class(), want) {
+            (Some(c), Fit::Small(w)) => c == w,
+            (None, Fit::Span(n)) if a.class() == SPAN_CLASS && a.state() == ACTIVE && off == 0 => {
+                // ORDERING: Relaxed: the span is ours (the caller is resizing it).
+                let have = d.span.load(Ordering::Relaxed) as usize;
+                if n <= have {
+                    // Shrink: the tail goes back to the free map.
+                    d.span.store(n as u32, Ordering::Relaxed);
+                    self.used_chunks.fetch_sub(have - n, Ordering::Relaxed);
+                    r.used().release_run(ci + n, have - n);
+                    true
+                } else if ci + n <= r.end() && r.used().claim_range(ci + have, n - have) {
+                    // Grow into the free chunks that follow.
+                    for i in ci + have..ci + n {
+                        if let Some(t) = r.desc(i) {
+                            t.mark_dirty();
+                        }
+                    }
+                    let now = self.used_chunks.fetch_add(n - have, Ordering::Relaxed) + n - have;
+                    self.peak_chunks.fetch_max(now, Ordering::Relaxed);
+                    d.span.store(n as u32, Ordering::Relaxed);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// The most chunks ever in use at once.
+    pub(crate) fn peak_chunks(&self) -> usize {
+        // ORDERING: Relaxed: a statistic.
+        self.peak_chunks.load(Ordering::Relaxed)
+    }
+
+    /// A block's size class, for statistics.
+    pub(crate) fn chunk_class(r: &Region, ci: usize) -> Option<Class> {
+        r.desc(ci)?.anchor(Ordering::Relaxed).small_class()
+    }
+
+    /// Total bytes in a region's allocatable chunks.
+    pub(crate) fn heap_bytes(r: &Region) -> usize {
+        (r.end() - r.first()) * CHUNK
+    }
+}

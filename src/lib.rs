@@ -1,0 +1,278 @@
+#![doc = include_str!("../README.md")]
+#![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+#[cfg(any(test, loom))]
+extern crate std;
+
+mod bitmap;
+mod chunk;
+mod class;
+mod heap;
+mod region;
+mod stats;
+mod sync;
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::UnsafeCell;
+use core::ptr;
+
+use heap::Heap;
+use region::Region;
+
+pub use stats::{ClassStats, Json, Stats, CLASS_COUNT};
+#[cfg(feature = "hooks")]
+#[doc(hidden)]
+pub use sync::{set_step_hook, Step};
+
+/// The default heap: 2 MiB, like AO_malloc's.
+pub const DEFAULT_HEAP: usize = 2 << 20;
+/// Memory is managed in chunks of this many bytes, aligned to their size.
+pub const CHUNK_SIZE: usize = class::CHUNK;
+/// The largest alignment honoured; a larger one gets null.
+pub const MAX_ALIGN: usize = class::MAX_ALIGN;
+/// The largest request served from a size class; larger ones take whole chunks.
+pub const MAX_SMALL: usize = class::MAX_SMALL;
+
+static_assertions::const_assert_eq!(stats::CLASS_COUNT, class::NCLASSES);
+
+/// The heap's bytes, aligned so that chunk `i` starts at `i * CHUNK_SIZE`.
+#[repr(C, align(4096))]
+struct Arena<const N: usize>(UnsafeCell<[u8; N]>);
+static_assertions::const_assert_eq!(core::mem::align_of::<Arena<0>>(), class::CHUNK);
+
+/// A lock-free, async-signal-safe allocator over a `HEAP`-byte heap held inline.
+///
+/// Built by a `const fn` and all zero, so a `static` needs no start-up call and sits in
+/// `.bss`. Every method may be called from any thread and from a signal handler that
+/// interrupted any other call (see the crate docs for the guarantees).
+#[repr(C)]
+pub struct SigAlloc<const HEAP: usize = DEFAULT_HEAP> {
+    arena: Arena<HEAP>,
+    heap: Heap,
+}
+
+// SAFETY: all shared state is atomics (I2); the arena's bytes are handed out to one
+// owner at a time (I1), and the side tables inside it are accessed only as atomics.
+unsafe impl<const HEAP: usize> Sync for SigAlloc<HEAP> {}
+
+impl<const HEAP: usize> SigAlloc<HEAP> {
+    /// An allocator with an empty heap. `HEAP` must leave room for at least one chunk
+    /// beside the side table (checked at compile time).
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        const {
+            assert!(
+                region::meta_chunks(HEAP / class::CHUNK) < HEAP / class::CHUNK,
+                "HEAP is too small: it must hold its side table and at least one chunk"
+            )
+        };
+        SigAlloc {
+            arena: Arena(UnsafeCell::new([0; HEAP])),
+            heap: Heap::new(),
+        }
+    }
+
+    /// An allocator with an empty heap (loom: the side table is written explicitly).
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        let a = SigAlloc {
+            arena: Arena(UnsafeCell::new([0; HEAP])),
+            heap: Heap::new(),
+        };
+        // SAFETY: the arena is ours alone; loom atomics are plain handles that move with
+        // the bytes holding them.
+        unsafe { a.region().init() };
+        a
+    }
+
+    #[inline(always)]
+    fn region(&self) -> Region {
+        // SAFETY: the arena is CHUNK-aligned (`Arena`'s repr), valid for HEAP bytes while
+        // `self` lives, and its side table was zeroed by `new`.
+        unsafe { Region::new(self.arena.0.get().cast(), HEAP) }
+    }
+
+    #[inline(always)]
+    fn alloc_at(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        match self.heap.alloc(&self.region(), size, align) {
+            Some((p, clean)) => {
+                if zeroed && !clean {
+                    // SAFETY: I1, the block is ours and at least `size` bytes long.
+                    unsafe { ptr::write_bytes(p, 0, size) };
+                }
+                p
+            }
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Allocates `size` bytes aligned to 16 (a zero size gets a unique block). Null when
+    /// the heap cannot hold it.
+    pub fn malloc(&self, size: usize) -> *mut u8 {
+        self.alloc_at(size, 16, false)
+    }
+
+    /// Allocates `n * size` zeroed bytes; null on overflow or when the heap is full.
+    pub fn calloc(&self, n: usize, size: usize) -> *mut u8 {
+        match n.checked_mul(size) {
+            Some(total) => self.alloc_at(total, 16, true),
+            None => ptr::null_mut(),
+        }
+    }
+
+    /// Resizes the block at `ptr` to `size` bytes, in place when its class allows,
+    /// keeping the first `min(old, size)` bytes. `ptr == null` allocates; `size == 0`
+    /// frees and returns null. On failure returns null and leaves the block as it was.
+    ///
+    /// # Safety
+    /// - `ptr` is null or a live block from this allocator's `malloc`/`calloc`/`realloc`.
+    pub unsafe fn realloc(&self, ptr: *mut u8, size: usize) -> *mut u8 {
+        if ptr.is_null() {
+            return self.malloc(size);
+        }
+        if size == 0 {
+            // SAFETY: forwarded from our caller.
+            unsafe { self.free(ptr) };
+            return ptr::null_mut();
+        }
+        let old = self.usable_size(ptr);
+        // SAFETY: forwarded from our caller.
+        unsafe { self.move_or_resize(ptr, old, size, 16) }
+    }
+
+    /// # Safety
+    /// - `ptr` is a live block of at least `old` bytes from this allocator.
+    unsafe fn move_or_resize(
+        &self,
+        ptr: *mut u8,
+        old: usize,
+        size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        let r = self.region();
+        if self.heap.resize_in_place(&r, ptr, size, align) {
+            return ptr;
+        }
+        let new = self.alloc_at(size, align, false);
+        if !new.is_null() {
+            // SAFETY: both blocks are live, ours, at least `min(old, size)` bytes long,
+            // and distinct (I1), so they cannot overlap.
+            unsafe { ptr::copy_nonoverlapping(ptr, new, old.min(size)) };
+            // SAFETY: forwarded from our caller.
+            unsafe { self.free(ptr) };
+        }
+        new
+    }
+
+    /// Frees the block at `ptr`, whatever its size; `free(null)` does nothing.
+    ///
+    /// # Safety
+    /// - `ptr` is null or a live block from this allocator, not used after this call.
+    ///   A pointer this heap does not contain is ignored; with the `checked` feature a
+    ///   double or invalid free is reported and ignored instead of corrupting the heap.
+    #[inline]
+    pub unsafe fn free(&self, ptr: *mut u8) {
+        if !ptr.is_null() {
+            let _ = self.heap.free(&self.region(), ptr);
+        }
+    }
+
+    /// Bytes usable at `ptr` (at least what was asked for), or 0 if `ptr` is not a live
+    /// block of this allocator.
+    pub fn usable_size(&self, ptr: *const u8) -> usize {
+        self.heap.usable_size(&self.region(), ptr)
+    }
+
+    /// The usable size a request of `size` bytes would get, or 0 if this heap could
+    /// never serve it.
+    pub fn good_size(&self, size: usize) -> usize {
+        match class::good_size(size) {
+            Some(n) if n <= Heap::heap_bytes(&self.region()) => n,
+            _ => 0,
+        }
+    }
+
+    /// Whether `ptr` points into this allocator's heap.
+    pub fn owns(&self, ptr: *const u8) -> bool {
+        self.region().contains(ptr)
+    }
+
+    /// A snapshot of the heap: exact when no thread is inside the allocator.
+    pub fn stats(&self) -> Stats {
+        let r = self.region();
+        let mut s = Stats {
+            heap_bytes: Heap::heap_bytes(&r),
+            chunks_total: r.end() - r.first(),
+            peak_bytes: self.heap.peak_chunks() * CHUNK_SIZE,
+            ..Stats::default()
+        };
+        for (c, out) in class::Class::all().zip(s.classes.iter_mut()) {
+            out.block_size = c.size();
+        }
+        s.chunks_used = r.used().count(r.first(), r.end());
+        for ci in r.first()..r.end() {
+            let Some(d) = r.desc(ci) else { continue };
+            if let Some(c) = Heap::chunk_class(&r, ci) {
+                let free = d.free_blocks(c) as usize;
+                let in_use = c.capacity() as usize - free;
+                if let Some(out) = s.classes.get_mut(c.id()) {
+                    out.chunks += 1;
+                    out.blocks_free += free;
+                    out.blocks_in_use += in_use;
+                }
+                s.bytes_in_use += in_use * c.size();
+            } else {
+                let n = self.heap.usable_size(&r, r.chunk_base(ci));
+                if n > 0 {
+                    s.spans += 1;
+                    s.span_chunks += n / CHUNK_SIZE;
+                    s.bytes_in_use += n;
+                }
+            }
+        }
+        s.chunks_free = s.chunks_total - s.chunks_used.min(s.chunks_total);
+        s
+    }
+}
+
+#[cfg(not(loom))]
+impl<const HEAP: usize> Default for SigAlloc<HEAP> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: `alloc` returns null or a block of at least `layout.size()` bytes aligned to
+// `layout.align()` that no one else holds (I1) until it is passed to `dealloc`.
+unsafe impl<const HEAP: usize> GlobalAlloc for SigAlloc<HEAP> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.alloc_at(layout.size(), layout.align(), false)
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.alloc_at(layout.size(), layout.align(), true)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` is a live block of ours.
+        unsafe { self.free(ptr) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: `GlobalAlloc::realloc`'s contract: `ptr` is live with `layout`.
+        unsafe { self.move_or_resize(ptr, layout.size(), new_size, layout.align()) }
+    }
+}

@@ -1,0 +1,103 @@
+//! Statistics: a plain snapshot, for humans (`Display`) and machines (`json()`).
+//!
+//! The snapshot is computed by walking the side tables, so the allocation paths keep no
+//! shared counters that every thread would fight over. It is exact when no thread is
+//! inside the allocator, approximate while they are.
+//!
+//! Depends on: nothing in the crate (`lib.rs` fills it in). A leaf.
+
+use core::fmt;
+
+/// Number of small size classes reported in [`Stats::classes`].
+pub const CLASS_COUNT: usize = 8;
+
+/// One size class in a [`Stats`] snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    /// Block size of the class in bytes.
+    pub block_size: usize,
+    /// Chunks currently serving this class.
+    pub chunks: usize,
+    /// Blocks handed out and not yet freed.
+    pub blocks_in_use: usize,
+    /// Free blocks inside this class's chunks.
+    pub blocks_free: usize,
+}
+
+/// A snapshot of the allocator's state, from [`SigAlloc::stats`](crate::SigAlloc::stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Bytes of chunks that can serve allocations (the heap less its side table).
+    pub heap_bytes: usize,
+    /// Bytes handed out and not yet freed, counted at block (or span) size.
+    pub bytes_in_use: usize,
+    /// The most bytes ever committed to classes and spans at once (chunk granularity).
+    pub peak_bytes: usize,
+    /// Chunks of the heap.
+    pub chunks_total: usize,
+    /// Chunks free for any class or span.
+    pub chunks_free: usize,
+    /// Chunks serving a class or part of a span.
+    pub chunks_used: usize,
+    /// Live spans (requests larger than the largest class).
+    pub spans: usize,
+    /// Chunks held by live spans.
+    pub span_chunks: usize,
+    /// Per class, smallest first.
+    pub classes: [ClassStats; CLASS_COUNT],
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "heap {} KiB: {} KiB in use, peak {} KiB; chunks {} used / {} free / {} total; {} spans ({} chunks)",
+            self.heap_bytes / 1024,
+            self.bytes_in_use / 1024,
+            self.peak_bytes / 1024,
+            self.chunks_used,
+            self.chunks_free,
+            self.chunks_total,
+            self.spans,
+            self.span_chunks
+        )?;
+        for c in self.classes.iter().filter(|c| c.chunks > 0) {
+            writeln!(
+                f,
+                "  {:>5} B: {:>4} chunks, {:>7} blocks in use, {:>7} free",
+                c.block_size, c.chunks, c.blocks_in_use, c.blocks_free
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The JSON form of a [`Stats`], from [`Stats::json`].
+pub struct Json<'a>(&'a Stats);
+
+impl Stats {
+    /// The snapshot as one JSON object (no allocation: it formats as it writes).
+    pub fn json(&self) -> Json<'_> {
+        Json(self)
+    }
+}
+
+impl fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        write!(
+            f,
+            "{{\"heap_bytes\":{},\"bytes_in_use\":{},\"peak_bytes\":{},\"chunks_total\":{},\"chunks_free\":{},\"chunks_used\":{},\"spans\":{},\"span_chunks\":{},\"classes\":[",
+            s.heap_bytes, s.bytes_in_use, s.peak_bytes, s.chunks_total, s.chunks_free, s.chunks_used, s.spans, s.span_chunks
+        )?;
+        for (i, c) in s.classes.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(
+                f,
+                "{sep}{{\"block_size\":{},\"chunks\":{},\"blocks_in_use\":{},\"blocks_free\":{}}}",
+                c.block_size, c.chunks, c.blocks_in_use, c.blocks_free
+            )?;
+        }
+        write!(f, "]}}")
+    }
+}

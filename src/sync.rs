@@ -1,0 +1,183 @@
+//! The atomics every other module uses, and nothing else.
+//!
+//! This is the only file that names `core::sync::atomic` or `loom`. Under `cfg(loom)`
+//! the wrappers hold loom's atomics, so model tests explore every interleaving of the
+//! real protocol code. With the `hooks` feature (tests only), every operation first
+//! calls a process-wide step hook: the reentrancy and stalled-thread tests use it to
+//! run a whole allocation, or park the thread, between any two atomic steps — exactly
+//! what a signal handler or a preempting scheduler can do.
+//!
+//! Block memory is reached through [`read_link`] and [`write_link`] only, so the link
+//! word of a free block has one access path.
+//!
+//! Depends on: nothing in the crate. Upholds I2 (every shared change is one RMW on one
+//! word: this module offers no multi-word operation).
+
+// This is the one module allowed to name the raw atomic types.
+#![allow(clippy::disallowed_types)]
+
+pub(crate) use core::sync::atomic::Ordering;
+
+#[cfg(not(loom))]
+use core::sync::atomic as imp;
+#[cfg(loom)]
+use loom::sync::atomic as imp;
+
+/// What kind of step the hook is told about.
+#[cfg(feature = "hooks")]
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A load.
+    Load,
+    /// A store.
+    Store,
+    /// A read-modify-write (swap, CAS, fetch_*).
+    Rmw,
+}
+
+#[cfg(feature = "hooks")]
+mod hook {
+    use super::Step;
+    // The hook's own storage is deliberately not a wrapped atomic: reading it must not
+    // recurse into itself.
+    static HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+    /// Installs `f` to run before every atomic step (`None` removes it).
+    pub fn set(f: Option<fn(Step)>) {
+        let raw = f.map_or(0, |f| f as usize);
+        // ORDERING: Release pairs with the Acquire load in `call`, so a hook installed by
+        // one thread is fully visible to the threads that call it.
+        HOOK.store(raw, core::sync::atomic::Ordering::Release);
+    }
+
+    #[inline(always)]
+    pub(super) fn call(kind: Step) {
+        // ORDERING: pairs with the Release store in `set`.
+        let raw = HOOK.load(core::sync::atomic::Ordering::Acquire);
+        if raw != 0 {
+            // SAFETY: the only non-zero values stored are `fn(Step)` pointers cast to
+            // usize in `set`; a function pointer round-trips through usize.
+            let f = unsafe { core::mem::transmute::<usize, fn(Step)>(raw) };
+            f(kind);
+        }
+    }
+}
+
+#[cfg(feature = "hooks")]
+#[doc(hidden)]
+pub use hook::set as set_step_hook;
+
+#[inline(always)]
+fn step(_kind: u8) {
+    #[cfg(feature = "hooks")]
+    hook::call(match _kind {
+        0 => Step::Load,
+        1 => Step::Store,
+        _ => Step::Rmw,
+    });
+}
+
+macro_rules! atomic_word {
+    ($name:ident, $inner:ident, $prim:ty) => {
+        /// A shared word; every access goes through the step hook in test builds.
+        #[repr(transparent)]
+        pub(crate) struct $name(imp::$inner);
+
+        #[allow(dead_code)]
+        impl $name {
+            #[cfg(not(loom))]
+            pub(crate) const fn new(v: $prim) -> Self {
+                Self(imp::$inner::new(v))
+            }
+            #[cfg(loom)]
+            pub(crate) fn new(v: $prim) -> Self {
+                Self(imp::$inner::new(v))
+            }
+            #[inline(always)]
+            pub(crate) fn load(&self, o: Ordering) -> $prim {
+                step(0);
+                self.0.load(o)
+            }
+            #[inline(always)]
+            pub(crate) fn store(&self, v: $prim, o: Ordering) {
+                step(1);
+                self.0.store(v, o)
+            }
+            #[inline(always)]
+            pub(crate) fn swap(&self, v: $prim, o: Ordering) -> $prim {
+                step(2);
+                self.0.swap(v, o)
+            }
+            #[inline(always)]
+            pub(crate) fn compare_exchange(
+                &self,
+                current: $prim,
+                new: $prim,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<$prim, $prim> {
+                step(2);
+                self.0.compare_exchange(current, new, success, failure)
+            }
+            #[inline(always)]
+            pub(crate) fn fetch_or(&self, v: $prim, o: Ordering) -> $prim {
+                step(2);
+                self.0.fetch_or(v, o)
+            }
+            #[inline(always)]
+            pub(crate) fn fetch_and(&self, v: $prim, o: Ordering) -> $prim {
+                step(2);
+                self.0.fetch_and(v, o)
+            }
+            #[inline(always)]
+            pub(crate) fn fetch_add(&self, v: $prim, o: Ordering) -> $prim {
+                step(2);
+                self.0.fetch_add(v, o)
+            }
+            #[inline(always)]
+            pub(crate) fn fetch_sub(&self, v: $prim, o: Ordering) -> $prim {
+                step(2);
+                self.0.fetch_sub(v, o)
+            }
+            #[inline(always)]
+            pub(crate) fn fetch_max(&self, v: $prim, o: Ordering) -> $prim {
+                step(2);
+                self.0.fetch_max(v, o)
+            }
+        }
+    };
+}
+
+atomic_word!(AtomicU32, AtomicU32, u32);
+atomic_word!(AtomicUsize, AtomicUsize, usize);
+
+/// A fence, seen by the hook like any other step.
+#[inline(always)]
+#[allow(dead_code)]
+pub(crate) fn fence(o: Ordering) {
+    step(2);
+    imp::fence(o)
+}
+
+/// Reads the link word of a free block: the index of the next free block.
+///
+/// # Safety
+/// - `block` points to a block of at least 4 bytes, aligned to 4, that the caller owns:
+///   it is on the caller's private list, or the caller is freeing it (I3: never read a
+///   block another thread may own).
+#[inline(always)]
+pub(crate) unsafe fn read_link(block: *mut u8) -> u32 {
+    // SAFETY: the caller owns the block (see above), so no other access races this read.
+    unsafe { block.cast::<u32>().read() }
+}
+
+/// Writes the link word of a block the caller owns.
+///
+/// # Safety
+/// - as for [`read_link`].
+#[inline(always)]
+pub(crate) unsafe fn write_link(block: *mut u8, next: u32) {
+    // SAFETY: the caller owns the block, so no other access races this write.
+    unsafe { block.cast::<u32>().write(next) }
+}

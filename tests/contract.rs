@@ -1,0 +1,297 @@
+//! The allocator contract, checked against the reference model in `common/`, over
+//! several heap sizes: alignment, no overlap, contents kept across realloc, zeroed
+//! memory zero (also after reuse), `usable_size` covering requests, defined answers
+//! for bad input, memory reuse across classes, and recovery from exhaustion.
+#![allow(clippy::unwrap_used, clippy::undocumented_unsafe_blocks)]
+
+mod common;
+
+use common::{check_fill, Model, Rng};
+use sigalloc::SigAlloc;
+use std::alloc::{GlobalAlloc, Layout};
+
+/// Random alloc / alloc_zeroed / realloc / free / malloc / calloc sequences against the
+/// model, then frees everything and checks the heap is empty.
+fn random_ops<const N: usize>(a: &SigAlloc<N>, seed: u64, steps: usize) {
+    let mut m = Model::new();
+    let mut rng = Rng(seed);
+    let mut fills = 0u8;
+    let max = (N / 8).max(64);
+    for _ in 0..steps {
+        fills = fills.wrapping_add(1);
+        let size = if rng.range(0, 9) == 0 {
+            rng.range(0, max)
+        } else {
+            rng.range(0, 600)
+        };
+        let align = 1 << rng.range(0, 12);
+        match rng.range(0, 9) {
+            0..=2 => {
+                let p = unsafe { a.alloc(Layout::from_size_align(size.max(1), align).unwrap()) };
+                if !p.is_null() {
+                    assert!(a.usable_size(p) >= size);
+                    m.on_alloc(p, size, align, false, fills);
+                }
+            }
+            3 => {
+                let p =
+                    unsafe { a.alloc_zeroed(Layout::from_size_align(size.max(1), align).unwrap()) };
+                if !p.is_null() {
+                    m.on_alloc(p, size, align, true, fills);
+                }
+            }
+            4 => {
+                let p = a.calloc(size, 1);
+                if !p.is_null() {
+                    m.on_alloc(p, size, 16, true, fills);
+                }
+            }
+            5 => {
+                let p = a.malloc(size);
+                if !p.is_null() {
+                    assert!(a.usable_size(p) >= size);
+                    m.on_alloc(p, size, 16, false, fills);
+                }
+            }
+            6 => {
+                // C-style realloc; the model's blocks may have been allocated with a
+                // larger alignment, which realloc keeps only up to 16.
+                if let Some((p, _)) = m.nth(rng.next() as usize) {
+                    let q = unsafe { a.realloc(p, size.max(1)) };
+                    if !q.is_null() {
+                        m.on_realloc(p, q, size.max(1), 16, fills);
+                    }
+                }
+            }
+            _ => {
+                if let Some((p, l)) = m.nth(rng.next() as usize) {
+                    m.on_free(p);
+                    if rng.range(0, 1) == 0 {
+                        unsafe { a.free(p) };
+                    } else {
+                        unsafe { a.dealloc(p, Layout::from_size_align(l.size.max(1), 1).unwrap()) };
+                    }
+                }
+            }
+        }
+    }
+    for (p, l) in m.drain() {
+        check_fill(p, l.size, l.fill);
+        unsafe { a.free(p) };
+    }
+    assert_eq!(a.stats().bytes_in_use, 0, "{}", a.stats());
+}
+
+macro_rules! over_heap_sizes {
+    ($($name:ident: $size:expr,)*) => {$(
+        mod $name {
+            use super::*;
+            static A: SigAlloc<{ $size }> = SigAlloc::new();
+
+            #[test]
+            fn random_sequences_keep_the_contract() {
+                let steps = if cfg!(miri) { 300 } else { 20_000 };
+                for seed in 1..=3 {
+                    random_ops(&A, seed * 0x9E37_79B9, steps);
+                }
+            }
+
+            #[test]
+            fn fill_until_null_then_free_half_and_allocate_again() {
+                static B: SigAlloc<{ $size }> = SigAlloc::new();
+                let mut rng = Rng(7);
+                let mut live = Vec::new();
+                loop {
+                    let size = rng.range(16, 512);
+                    let p = B.malloc(size);
+                    if p.is_null() {
+                        break;
+                    }
+                    live.push((p, size));
+                }
+                assert!(live.len() >= 2);
+                // Free every other block; each freed size must then be served again.
+                let freed: Vec<usize> = live.iter().step_by(2).map(|&(_, size)| size).collect();
+                for &(p, _) in live.iter().step_by(2) {
+                    unsafe { B.free(p) };
+                }
+                for (i, size) in freed.into_iter().enumerate() {
+                    let p = B.malloc(size);
+                    assert!(!p.is_null(), "re-allocation {i} of {size} B failed after freeing half");
+                    live.push((p, size));
+                }
+
+            }
+        }
+    )*};
+}
+
+over_heap_sizes! {
+    heap_16k: 16 << 10,
+    heap_64k: 64 << 10,
+    heap_2m: 2 << 20,
+}
+
+#[test]
+fn phase_change_reuses_memory_across_classes() {
+    static A: SigAlloc = SigAlloc::new();
+    let heap = sigalloc::DEFAULT_HEAP;
+    let mut small = Vec::new();
+    loop {
+        let p = A.malloc(16);
+        if p.is_null() {
+            break;
+        }
+        small.push(p);
+    }
+    assert!(
+        small.len() * 16 > heap * 9 / 10,
+        "16 B fill reached only {} blocks",
+        small.len()
+    );
+    for p in small {
+        unsafe { A.free(p) };
+    }
+    let mut big = Vec::new();
+    loop {
+        let p = A.malloc(1024);
+        if p.is_null() {
+            break;
+        }
+        big.push(p);
+    }
+    let got = big.len() * 1024;
+    assert!(
+        got * 10 >= heap * 9,
+        "only {got} of {heap} bytes came back as 1 KiB blocks"
+    );
+    for p in big {
+        unsafe { A.free(p) };
+    }
+    assert_eq!(A.stats().chunks_used, 0, "{}", A.stats());
+}
+
+#[test]
+fn zeroed_memory_is_zero_after_reuse() {
+    static A: SigAlloc<{ 64 << 10 }> = SigAlloc::new();
+    for size in [16, 100, 2048, 5000, 12288] {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        let mut ps = Vec::new();
+        for _ in 0..4 {
+            let p = unsafe { A.alloc(l) };
+            assert!(!p.is_null());
+            unsafe { p.write_bytes(0xAB, size) };
+            ps.push(p);
+        }
+        for p in ps.drain(..) {
+            unsafe { A.dealloc(p, l) };
+        }
+        for _ in 0..4 {
+            let p = unsafe { A.alloc_zeroed(l) };
+            assert!(!p.is_null());
+            check_fill(p, size, 0);
+            unsafe { p.write_bytes(0xCD, size) };
+            ps.push(p);
+        }
+        for p in ps {
+            unsafe { A.dealloc(p, l) };
+        }
+        let p = A.calloc(size, 1);
+        check_fill(p, size, 0);
+        unsafe { A.free(p) };
+    }
+}
+
+#[test]
+fn bad_input_gets_null_and_changes_nothing() {
+    static A: SigAlloc<{ 64 << 10 }> = SigAlloc::new();
+    assert!(A.malloc(usize::MAX).is_null());
+    assert!(A.malloc(usize::MAX / 2).is_null());
+    assert!(A.malloc(1 << 20).is_null(), "larger than the heap");
+    assert!(A.calloc(usize::MAX, 2).is_null());
+    assert!(A.calloc(1 << 40, 1 << 40).is_null());
+    let big_align = Layout::from_size_align(8, 8192).unwrap();
+    assert!(unsafe { A.alloc(big_align) }.is_null());
+    unsafe { A.free(std::ptr::null_mut()) };
+    // A pointer the heap does not contain is ignored.
+    let mut local = 0u64;
+    unsafe { A.free((&raw mut local).cast()) };
+    assert!(!A.owns((&raw const local).cast()));
+    assert_eq!(A.usable_size((&raw const local).cast()), 0);
+    assert_eq!(A.good_size(usize::MAX), 0);
+    assert_eq!(A.good_size(100), 128);
+    let z = unsafe { A.realloc(std::ptr::null_mut(), 0) };
+    assert!(!z.is_null(), "realloc(null, 0) allocates, like malloc(0)");
+    unsafe { A.free(z) };
+    let s = A.stats();
+    assert_eq!(s.spans, 0);
+    let p = A.malloc(0);
+    assert!(!p.is_null() && A.owns(p));
+    assert!(
+        unsafe { A.realloc(p, usize::MAX) }.is_null(),
+        "impossible realloc keeps the block"
+    );
+    assert!(A.usable_size(p) >= 16);
+    unsafe { A.free(p) };
+}
+
+#[test]
+fn realloc_stays_in_place_within_a_class_and_keeps_bytes_when_moving() {
+    static A: SigAlloc<{ 256 << 10 }> = SigAlloc::new();
+    let p = A.malloc(100);
+    unsafe { p.write_bytes(7, 100) };
+    let q = unsafe { A.realloc(p, 128) };
+    assert_eq!(p, q, "same class: in place");
+    let r = unsafe { A.realloc(q, 3000) };
+    assert_ne!(q, r);
+    check_fill(r, 100, 7);
+    // A span grows in place into free chunks behind it, and shrinks in place.
+    unsafe { r.write_bytes(9, 3000) };
+    let s = unsafe { A.realloc(r, 20_000) };
+    assert_eq!(s, r, "span grows in place when the next chunks are free");
+    check_fill(s, 3000, 9);
+    let t = unsafe { A.realloc(s, 5000) };
+    assert_eq!(t, s, "span shrinks in place");
+    assert_eq!(A.usable_size(t), 8192);
+    let u = unsafe { A.realloc(t, 10) };
+    check_fill(u, 10, 9);
+    unsafe { A.free(u) };
+    assert_eq!(A.stats().bytes_in_use, 0);
+}
+
+#[test]
+fn every_alignment_up_to_the_maximum_is_honoured() {
+    static A: SigAlloc<{ 256 << 10 }> = SigAlloc::new();
+    let mut m = Model::new();
+    for shift in 0..=12 {
+        let align = 1usize << shift;
+        for size in [1, align / 2 + 1, align, 3 * align] {
+            let p = unsafe { A.alloc(Layout::from_size_align(size, align).unwrap()) };
+            m.on_alloc(p, size, align, false, shift as u8);
+        }
+    }
+    for (p, l) in m.drain() {
+        check_fill(p, l.size, l.fill);
+        unsafe { A.free(p) };
+    }
+    assert_eq!(A.stats().bytes_in_use, 0);
+}
+
+#[test]
+fn stats_count_what_is_live() {
+    static A: SigAlloc<{ 64 << 10 }> = SigAlloc::new();
+    let p = A.malloc(20);
+    let q = A.malloc(5000);
+    let s = A.stats();
+    assert_eq!(s.bytes_in_use, 32 + 8192, "{s}");
+    assert_eq!(s.spans, 1);
+    assert_eq!(s.classes[1].blocks_in_use, 1);
+    assert!(s.peak_bytes >= 3 * 4096);
+    assert!(s.to_string().contains("32 B"));
+    assert!(s.json().to_string().starts_with("{\"heap_bytes\":"));
+    unsafe {
+        A.free(p);
+        A.free(q);
+    }
+    assert_eq!(A.stats().bytes_in_use, 0);
+}
