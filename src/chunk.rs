@@ -40,6 +40,8 @@
 //! Depends on: `sync`, `class`. Upholds I1, I2, I3, I4.
 
 use crate::class::{Class, CHUNK};
+#[cfg(feature = "checked")]
+use crate::sync::AtomicUsize;
 use crate::sync::{read_link, write_link, AtomicU32, Ordering};
 
 /// Anchor state: free, unformatted or being retired.
@@ -52,6 +54,9 @@ pub(crate) const PARTIAL: u32 = 2;
 pub(crate) const FULL: u32 = 3;
 /// The class field of a chunk that heads a span of whole chunks.
 pub(crate) const SPAN_CLASS: u32 = 15;
+/// The class field of a span's other chunks (state `EMPTY`): lets checked mode tell a
+/// pointer into a span from a second free of a span head.
+pub(crate) const SPAN_TAIL_CLASS: u32 = 14;
 
 /// The anchor word, unpacked. Layout: count bits 0..13, head 13..25, class 25..29,
 /// state 29..31. It fits 32 bits so every target's single-word CAS serves (I2).
@@ -127,6 +132,20 @@ pub(crate) struct Desc {
     carve: AtomicU32,
     /// For a span head: the number of chunks in the span.
     pub(crate) span: AtomicU32,
+    /// Checked mode: one bit per block, set while the block is handed out. A free that
+    /// finds its bit clear is a double (or invalid) free and is refused.
+    #[cfg(feature = "checked")]
+    live: [AtomicUsize; LIVE_WORDS],
+}
+
+#[cfg(feature = "checked")]
+const LIVE_WORDS: usize = crate::class::MAX_BLOCKS.div_ceil(usize::BITS as usize);
+
+/// Checked mode: the word and mask of block `idx`'s live bit.
+#[cfg(feature = "checked")]
+fn live_bit(idx: u32) -> (usize, usize) {
+    let w = usize::BITS;
+    ((idx / w) as usize, 1 << (idx % w))
 }
 
 /// Block `idx` of the chunk at `base`.
@@ -144,6 +163,8 @@ impl Desc {
             private: AtomicU32::new(0),
             carve: AtomicU32::new(0),
             span: AtomicU32::new(0),
+            #[cfg(feature = "checked")]
+            live: core::array::from_fn(|_| AtomicUsize::new(0)),
         }
     }
 
@@ -412,6 +433,30 @@ impl Desc {
     pub(crate) fn mark_dirty(&self) {
         // ORDERING: Relaxed: owner-only.
         self.carve.store((CHUNK as u32) << 16, Ordering::Relaxed);
+    }
+
+    /// Checked mode: marks block `idx` handed out. Returns `false` if it already was
+    /// (the heap is corrupted: nothing should hand out a live block).
+    #[cfg(feature = "checked")]
+    pub(crate) fn mark_live(&self, idx: u32) -> bool {
+        let (w, m) = live_bit(idx);
+        // ORDERING: Relaxed: the bit only arbitrates between frees of one block; the
+        // anchor's CAS orders the block's memory.
+        self.live
+            .get(w)
+            .is_some_and(|w| w.fetch_or(m, Ordering::Relaxed) & m == 0)
+    }
+
+    /// Checked mode: marks block `idx` free. Returns `false` if it was not handed out,
+    /// in which case the caller must refuse the free. Of two racing frees of one block,
+    /// exactly one gets `true`.
+    #[cfg(feature = "checked")]
+    pub(crate) fn mark_freed(&self, idx: u32) -> bool {
+        let (w, m) = live_bit(idx);
+        // ORDERING: Relaxed, as in `mark_live`.
+        self.live
+            .get(w)
+            .is_some_and(|w| w.fetch_and(!m, Ordering::Relaxed) & m != 0)
     }
 
     /// Free blocks, approximately (owner-only fields are read racily): for statistics.

@@ -37,8 +37,8 @@ const_assert!(MAX_SMALL.is_power_of_two() && MIN_BLOCK.is_power_of_two());
 const_assert!(MIN_BLOCK >= 4);
 // Block indices and counts fit the anchor's fields (see `chunk::Anchor`).
 const_assert!(MAX_BLOCKS <= 1 << 12);
-// Class ids (plus the span marker) fit the anchor's 4-bit class field.
-const_assert!(NCLASSES < 15);
+// Class ids (plus the two span markers) fit the anchor's 4-bit class field.
+const_assert!(NCLASSES < 14);
 
 /// A small size class: blocks of `16 << id` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

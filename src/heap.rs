@@ -20,7 +20,7 @@
 //!
 //! Depends on: `sync`, `class`, `bitmap`, `chunk`, `region`. Upholds I1-I4, I6.
 
-use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS};
+use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS, SPAN_TAIL_CLASS};
 use crate::class::{fit, Class, Fit, CHUNK, CHUNK_SHIFT, NCLASSES};
 use crate::region::Region;
 use crate::sync::{AtomicU32, AtomicUsize, Ordering};
@@ -115,7 +115,7 @@ impl Heap {
         let slot = self.slot(c, s)?;
         // ORDERING: Acquire pairs with the Release CAS in `put_back`: the previous
         // holder's owner-only writes happen-before ours.
-        let v = slot.0.swap(0, Ordering::Acquire);
+        let v = slot.0.take(Ordering::Acquire);
         let ci = (v as usize).checked_sub(1)?;
         self.pop_and_keep(r, c, ci, s)
     }
@@ -128,6 +128,13 @@ impl Heap {
         let base = r.chunk_base(ci);
         // SAFETY: I1, we own chunk `ci`: it came out of a slot, a claim or the free map.
         let (idx, zero) = unsafe { d.owner_pop(base, c) }?;
+        #[cfg(feature = "checked")]
+        if !d.mark_live(idx) {
+            // A block handed out twice would break I1: drop it (a leak, reported) and
+            // keep the heap consistent.
+            self.put_back(r, c, ci, s);
+            return None;
+        }
         self.put_back(r, c, ci, s);
         Some((base.wrapping_add((idx as usize) << c.shift()), zero))
     }
@@ -255,6 +262,11 @@ impl Heap {
             if let Some(d) = r.desc(i) {
                 zero &= d.is_clean();
                 d.mark_dirty();
+                // ORDERING: Relaxed: we own the run; this only labels it for frees.
+                d.anchor.store(
+                    Anchor::new(EMPTY, SPAN_TAIL_CLASS, 0, 0).0,
+                    Ordering::Relaxed,
+                );
             }
         }
         let d = r.desc(ci)?;
@@ -280,8 +292,13 @@ impl Heap {
         if off & (c.size() - 1) != 0 {
             return Err(Refused::Invalid);
         }
+        let idx = (off >> c.shift()) as u32;
+        #[cfg(feature = "checked")]
+        if !d.mark_freed(idx) {
+            return Err(Refused::DoubleFree);
+        }
         // SAFETY: the caller frees a block it owns; `c` is its chunk's class (above).
-        match unsafe { d.push(r.chunk_base(ci), c, (off >> c.shift()) as u32) } {
+        match unsafe { d.push(r.chunk_base(ci), c, idx) } {
             Pushed::Done => Ok(()),
             Pushed::Listed => {
                 r.partial(c).set(ci);
@@ -299,7 +316,8 @@ impl Heap {
     #[inline(never)]
     fn free_span_slow(&self, r: &Region, ci: usize, off: usize, a: Anchor) -> Result<(), Refused> {
         if a.state() != ACTIVE || a.class() != SPAN_CLASS || off != 0 {
-            return Err(if a.state() == EMPTY && off == 0 {
+            let again = a.state() == EMPTY && a.class() == SPAN_CLASS && off == 0;
+            return Err(if again {
                 Refused::DoubleFree
             } else {
                 Refused::Invalid
@@ -341,6 +359,20 @@ impl Heap {
         }
     }
 
+    /// Checked mode: whether a request of `size` at `align` would have been served by
+    /// the live block at `ptr` (same class, or a span of the same length).
+    #[cfg(feature = "checked")]
+    pub(crate) fn matches(&self, r: &Region, ptr: *const u8, size: usize, align: usize) -> bool {
+        let have = self.usable_size(r, ptr);
+        match fit(size, align) {
+            Some(Fit::Small(c)) => have == c.size(),
+            Some(Fit::Span(n)) => {
+                n.checked_mul(CHUNK) == Some(have) && have > crate::class::MAX_SMALL
+            }
+            None => false,
+        }
+    }
+
     /// Resizes in place if the block's class (or span length) allows; `false` if the
     /// caller must move it.
     pub(crate) fn resize_in_place(
@@ -374,6 +406,11 @@ impl Heap {
                     for i in ci + have..ci + n {
                         if let Some(t) = r.desc(i) {
                             t.mark_dirty();
+                            // ORDERING: Relaxed: we own these chunks now.
+                            t.anchor.store(
+                                Anchor::new(EMPTY, SPAN_TAIL_CLASS, 0, 0).0,
+                                Ordering::Relaxed,
+                            );
                         }
                     }
                     let now = self.used_chunks.fetch_add(n - have, Ordering::Relaxed) + n - have;

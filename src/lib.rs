@@ -30,6 +30,9 @@ use heap::Heap;
 use region::Region;
 
 pub use stats::{ClassStats, Json, Stats, CLASS_COUNT};
+#[cfg(loom)]
+#[doc(hidden)]
+pub use sync::break_ownership;
 #[cfg(feature = "hooks")]
 #[doc(hidden)]
 pub use sync::{set_step_hook, Step};
@@ -59,6 +62,28 @@ static_assertions::const_assert_eq!(core::mem::align_of::<Arena<0>>(), class::CH
 pub struct SigAlloc<const HEAP: usize = DEFAULT_HEAP> {
     arena: Arena<HEAP>,
     heap: Heap,
+    /// Checked mode: the error hook, a `fn(ErrorKind, *mut u8)` as usize (0: none).
+    #[cfg(feature = "checked")]
+    hook: sync::AtomicUsize,
+}
+
+/// What the `checked` feature reports through [`SigAlloc::set_error_hook`]. In every
+/// case the offending call was ignored and the heap is intact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A free of a pointer this allocator never handed out (outside the heap, inside its
+    /// side table, not at a block's start, or inside a span).
+    InvalidFree,
+    /// A free of a block that is already free.
+    DoubleFree,
+    /// A `dealloc` whose layout would not have been served by the block's class or span.
+    LayoutMismatch,
+    /// An allocation the heap cannot hold right now (null was returned).
+    OutOfMemory,
+    /// A size or alignment no heap of this kind could serve, or `calloc` overflow.
+    Overflow,
+    /// The allocator found its own state broken (a block about to be handed out twice).
+    Corrupted,
 }
 
 // SAFETY: all shared state is atomics (I2); the arena's bytes are handed out to one
@@ -79,6 +104,8 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         SigAlloc {
             arena: Arena(UnsafeCell::new([0; HEAP])),
             heap: Heap::new(),
+            #[cfg(feature = "checked")]
+            hook: sync::AtomicUsize::new(0),
         }
     }
 
@@ -112,7 +139,40 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
                 }
                 p
             }
-            None => ptr::null_mut(),
+            None => {
+                #[cfg(feature = "checked")]
+                self.report(
+                    if class::good_size(size).is_some() && align <= MAX_ALIGN {
+                        ErrorKind::OutOfMemory
+                    } else {
+                        ErrorKind::Overflow
+                    },
+                    ptr::null_mut(),
+                );
+                ptr::null_mut()
+            }
+        }
+    }
+
+    /// Checked mode: installs `hook` to hear of every refused call (`None` removes it).
+    /// The hook may run inside a signal handler if the refused call was made there.
+    #[cfg(feature = "checked")]
+    pub fn set_error_hook(&self, hook: Option<fn(ErrorKind, *mut u8)>) {
+        // ORDERING: Release pairs with the Acquire load in `report`.
+        self.hook
+            .store(hook.map_or(0, |f| f as usize), sync::Ordering::Release);
+    }
+
+    #[cfg(feature = "checked")]
+    #[cold]
+    fn report(&self, kind: ErrorKind, p: *mut u8) {
+        // ORDERING: pairs with the Release store in `set_error_hook`.
+        let raw = self.hook.load(sync::Ordering::Acquire);
+        if raw != 0 {
+            // SAFETY: only `fn(ErrorKind, *mut u8)` pointers are stored (see
+            // `set_error_hook`), and a function pointer round-trips through usize.
+            let f = unsafe { core::mem::transmute::<usize, fn(ErrorKind, *mut u8)>(raw) };
+            f(kind, p);
         }
     }
 
@@ -126,7 +186,11 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     pub fn calloc(&self, n: usize, size: usize) -> *mut u8 {
         match n.checked_mul(size) {
             Some(total) => self.alloc_at(total, 16, true),
-            None => ptr::null_mut(),
+            None => {
+                #[cfg(feature = "checked")]
+                self.report(ErrorKind::Overflow, ptr::null_mut());
+                ptr::null_mut()
+            }
         }
     }
 
@@ -183,7 +247,19 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     #[inline]
     pub unsafe fn free(&self, ptr: *mut u8) {
         if !ptr.is_null() {
-            let _ = self.heap.free(&self.region(), ptr);
+            let refused = self.heap.free(&self.region(), ptr);
+            #[cfg(feature = "checked")]
+            if let Err(why) = refused {
+                self.report(
+                    match why {
+                        heap::Refused::Invalid => ErrorKind::InvalidFree,
+                        heap::Refused::DoubleFree => ErrorKind::DoubleFree,
+                    },
+                    ptr,
+                );
+            }
+            #[cfg(not(feature = "checked"))]
+            let _ = refused;
         }
     }
 
@@ -266,7 +342,19 @@ unsafe impl<const HEAP: usize> GlobalAlloc for SigAlloc<HEAP> {
     }
 
     #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        #[cfg(feature = "checked")]
+        if !ptr.is_null()
+            && self.usable_size(ptr) != 0
+            && !self
+                .heap
+                .matches(&self.region(), ptr, layout.size(), layout.align())
+        {
+            self.report(ErrorKind::LayoutMismatch, ptr);
+            return;
+        }
+        #[cfg(not(feature = "checked"))]
+        let _ = layout;
         // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` is a live block of ours.
         unsafe { self.free(ptr) }
     }

@@ -68,6 +68,26 @@ mod hook {
 #[doc(hidden)]
 pub use hook::set as set_step_hook;
 
+/// Loom only: when set, taking a chunk from an active slot *peeks* instead of swapping,
+/// so two threads can own one chunk. It breaks I1 on purpose, for the negative model
+/// that proves the loom models can fail.
+#[cfg(loom)]
+#[allow(clippy::disallowed_types)]
+static OWNERSHIP_BROKEN: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Loom only: turns the deliberate ownership bug on or off (see `OWNERSHIP_BROKEN`).
+#[cfg(loom)]
+#[doc(hidden)]
+pub fn break_ownership(on: bool) {
+    OWNERSHIP_BROKEN.store(on, core::sync::atomic::Ordering::SeqCst);
+}
+
+#[cfg(loom)]
+pub(crate) fn ownership_broken() -> bool {
+    OWNERSHIP_BROKEN.load(core::sync::atomic::Ordering::SeqCst)
+}
+
 #[inline(always)]
 fn step(_kind: u8) {
     #[cfg(feature = "hooks")]
@@ -150,6 +170,19 @@ macro_rules! atomic_word {
 }
 
 atomic_word!(AtomicU32, AtomicU32, u32);
+
+impl AtomicU32 {
+    /// Takes the word's value, leaving 0: how a thread becomes a slot's chunk's only
+    /// owner. (Under loom, `break_ownership` turns this into a peek.)
+    #[inline(always)]
+    pub(crate) fn take(&self, o: Ordering) -> u32 {
+        #[cfg(loom)]
+        if ownership_broken() {
+            return self.load(o);
+        }
+        self.swap(0, o)
+    }
+}
 atomic_word!(AtomicUsize, AtomicUsize, usize);
 
 /// A fence, seen by the hook like any other step.
