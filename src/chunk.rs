@@ -459,6 +459,58 @@ impl Desc {
             .is_some_and(|w| w.fetch_and(!m, Ordering::Relaxed) & m != 0)
     }
 
+    /// Checks the chunk's free lists at quiescence (no thread inside the allocator):
+    /// every listed block is a carved block index, none is listed twice, and the lists
+    /// are as long as the counts say. `in_slot` says whether an active slot holds it.
+    pub(crate) fn validate(
+        &self,
+        base: *mut u8,
+        class: Class,
+        in_slot: bool,
+    ) -> Result<(), &'static str> {
+        let a = self.anchor(Ordering::Relaxed);
+        // ORDERING: Relaxed: quiescent, nothing to order against.
+        let private = self.private.load(Ordering::Relaxed);
+        let carved = self.carve.load(Ordering::Relaxed) & 0xFFFF;
+        let cap = class.capacity();
+        if carved > cap {
+            return Err("carved past capacity");
+        }
+        let (shared, own) = match a.state() {
+            ACTIVE if !in_slot => return Err("an ACTIVE chunk is in no slot"),
+            ACTIVE => (a.count(), private >> 16),
+            PARTIAL | FULL if in_slot => return Err("an unowned chunk sits in a slot"),
+            PARTIAL => (
+                a.count()
+                    .checked_sub(cap - carved)
+                    .ok_or("count below uncarved")?,
+                0,
+            ),
+            FULL if a.count() != 0 || carved != cap => return Err("FULL with free blocks"),
+            _ => (0, 0),
+        };
+        let mut seen = [0u64; crate::class::MAX_BLOCKS / 64];
+        for (head, len) in [(a.head(), shared), (private & 0xFFFF, own)] {
+            let mut idx = head;
+            for k in 0..len {
+                if idx >= carved {
+                    return Err("a listed block was never carved");
+                }
+                let (w, m) = ((idx / 64) as usize, 1u64 << (idx % 64));
+                let word = seen.get_mut(w).ok_or("index out of range")?;
+                if *word & m != 0 {
+                    return Err("a block is listed twice");
+                }
+                *word |= m;
+                if k + 1 < len {
+                    // SAFETY: quiescent: the block is free and listed, so no one writes it.
+                    idx = unsafe { read_link(block(base, class, idx)) };
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Free blocks, approximately (owner-only fields are read racily): for statistics.
     pub(crate) fn free_blocks(&self, class: Class) -> u32 {
         let a = self.anchor(Ordering::Relaxed);
@@ -472,5 +524,126 @@ impl Desc {
             }
             _ => a.count().min(class.capacity()),
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    // Every unsafe call below has the same justification, given once per test: the test
+    // is the chunk's only user, owns it whenever it pops or releases, and frees only
+    // blocks it was handed.
+    #![allow(clippy::undocumented_unsafe_blocks)]
+    use super::*;
+    use crate::class::{fit, Fit};
+
+    #[repr(align(4096))]
+    struct Mem([u8; CHUNK]);
+
+    fn desc() -> Desc {
+        // SAFETY: a descriptor is four atomics (plus checked-mode atomics): all-zero is
+        // a valid value, and it is the `EMPTY` state a fresh heap starts in.
+        unsafe { core::mem::zeroed() }
+    }
+
+    fn class(size: usize) -> Class {
+        match fit(size, 1) {
+            Some(Fit::Small(c)) => c,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn anchor_fields_round_trip() {
+        let a = Anchor::new(PARTIAL, 7, 4095, 4096);
+        assert_eq!(
+            (a.state(), a.class(), a.head(), a.count()),
+            (PARTIAL, 7, 4095, 4096)
+        );
+        assert_eq!(Anchor(0).state(), EMPTY);
+        assert_eq!(Anchor::new(ACTIVE, 3, 0, 0).small_class(), Some(class(128)));
+        assert_eq!(Anchor::new(EMPTY, 3, 0, 0).small_class(), None);
+        assert_eq!(Anchor::new(ACTIVE, SPAN_CLASS, 0, 0).small_class(), None);
+    }
+
+    #[test]
+    fn a_chunk_goes_active_full_partial_active_empty() {
+        let mut mem = Mem([0; CHUNK]);
+        let base = mem.0.as_mut_ptr();
+        let d = desc();
+        let c = class(1024);
+        d.format(c);
+        // SAFETY (all calls below): this test is the chunk's only user; it owns the
+        // chunk whenever it pops or releases, and frees only blocks it was handed.
+        let got: std::vec::Vec<_> = (0..4).map(|_| unsafe { d.owner_pop(base, c) }).collect();
+        assert_eq!(
+            got,
+            [
+                Some((0, true)),
+                Some((1, true)),
+                Some((2, true)),
+                Some((3, true))
+            ]
+        );
+        assert_eq!(unsafe { d.owner_pop(base, c) }, None, "exhausted: now FULL");
+        assert_eq!(d.anchor(Ordering::Relaxed).state(), FULL);
+        assert_eq!(unsafe { d.push(base, c, 2) }, Pushed::Listed);
+        assert_eq!(unsafe { d.push(base, c, 0) }, Pushed::Done);
+        assert!(d.claim(c));
+        assert!(!d.claim(c), "a chunk is claimed once");
+        assert_eq!(unsafe { d.owner_pop(base, c) }, Some((0, false)));
+        assert_eq!(unsafe { d.owner_pop(base, c) }, Some((2, false)));
+        assert_eq!(
+            unsafe { d.push(base, c, 1) },
+            Pushed::Done,
+            "pushes onto an owned chunk"
+        );
+        assert_eq!(unsafe { d.release(base, c) }, Pushed::Listed);
+        for idx in [0, 2, 3] {
+            let want = if idx == 3 {
+                Pushed::Emptied
+            } else {
+                Pushed::Done
+            };
+            assert_eq!(unsafe { d.push(base, c, idx) }, want);
+        }
+        assert_eq!(
+            unsafe { d.push(base, c, 3) },
+            Pushed::Rejected,
+            "EMPTY takes no push"
+        );
+        d.reset(Some(c));
+        assert!(
+            !d.is_clean(),
+            "the chunk was handed out: no longer known zero"
+        );
+    }
+
+    #[test]
+    fn release_splices_the_private_list_and_a_claim_gets_it_back() {
+        let mut mem = Mem([0; CHUNK]);
+        let base = mem.0.as_mut_ptr();
+        let d = desc();
+        let c = class(512);
+        d.format(c);
+        // SAFETY (all calls below): as in the test above.
+        for _ in 0..8 {
+            assert!(unsafe { d.owner_pop(base, c) }.is_some());
+        }
+        for idx in [5, 6, 7] {
+            assert_eq!(unsafe { d.push(base, c, idx) }, Pushed::Done);
+        }
+        // Take the shared list (5, 6, 7 -> private), hand one out, keep two private.
+        assert_eq!(unsafe { d.owner_pop(base, c) }, Some((7, false)));
+        assert_eq!(unsafe { d.push(base, c, 1) }, Pushed::Done);
+        assert_eq!(unsafe { d.release(base, c) }, Pushed::Listed);
+        assert_eq!(d.free_blocks(c), 3);
+        assert!(d.claim(c));
+        let mut back: std::vec::Vec<u32> = (0..3)
+            .filter_map(|_| unsafe { d.owner_pop(base, c) })
+            .map(|(i, _)| i)
+            .collect();
+        back.sort();
+        assert_eq!(back, [1, 5, 6]);
+        assert_eq!(unsafe { d.owner_pop(base, c) }, None);
     }
 }

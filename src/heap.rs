@@ -425,6 +425,44 @@ impl Heap {
         }
     }
 
+    /// Checks every chunk at quiescence (see `SigAlloc::validate`).
+    pub(crate) fn validate(&self, r: &Region) -> Result<(), &'static str> {
+        let used = r.used();
+        for ci in r.first()..r.end() {
+            let d = r.desc(ci).ok_or("no descriptor")?;
+            let a = d.anchor(Ordering::Relaxed);
+            let mut slots = 0;
+            for s in self.slots.iter().flatten() {
+                // ORDERING: Relaxed: quiescent.
+                slots += usize::from(s.0.load(Ordering::Relaxed) as usize == ci + 1);
+            }
+            if slots > 1 {
+                return Err("a chunk sits in two slots");
+            }
+            match a.small_class() {
+                Some(c) => {
+                    if !used.get(ci) {
+                        return Err("a chunk serving a class is marked free");
+                    }
+                    if a.state() == crate::chunk::PARTIAL && !r.partial(c).get(ci) {
+                        return Err("a PARTIAL chunk is not listed");
+                    }
+                    d.validate(r.chunk_base(ci), c, slots == 1)?;
+                }
+                None if slots > 0 => return Err("a free or span chunk sits in a slot"),
+                None => {
+                    // A span tail is used or free with its span; anything else is used
+                    // exactly when it heads a live span.
+                    let live_span = a.state() == ACTIVE && a.class() == SPAN_CLASS;
+                    if a.class() != SPAN_TAIL_CLASS && live_span != used.get(ci) {
+                        return Err("a free chunk is marked used, or a span chunk free");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The most chunks ever in use at once.
     pub(crate) fn peak_chunks(&self) -> usize {
         // ORDERING: Relaxed: a statistic.

@@ -283,6 +283,14 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         self.region().contains(ptr)
     }
 
+    /// Walks the whole heap and checks its invariants (I1: each chunk in one state, in
+    /// at most one slot, its free lists well formed). Only meaningful while no thread is
+    /// inside the allocator; for tests.
+    #[doc(hidden)]
+    pub fn validate(&self) -> Result<(), &'static str> {
+        self.heap.validate(&self.region())
+    }
+
     /// A snapshot of the heap: exact when no thread is inside the allocator.
     pub fn stats(&self) -> Stats {
         let r = self.region();

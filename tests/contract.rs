@@ -19,6 +19,9 @@ fn random_ops<const N: usize>(a: &SigAlloc<N>, seed: u64, steps: usize) {
     let max = (N / 8).max(64);
     for _ in 0..steps {
         fills = fills.wrapping_add(1);
+        if fills == 0 {
+            a.validate().unwrap();
+        }
         let size = if rng.range(0, 9) == 0 {
             rng.range(0, max)
         } else {
@@ -80,6 +83,7 @@ fn random_ops<const N: usize>(a: &SigAlloc<N>, seed: u64, steps: usize) {
         unsafe { a.free(p) };
     }
     assert_eq!(a.stats().bytes_in_use, 0, "{}", a.stats());
+    a.validate().unwrap();
 }
 
 macro_rules! over_heap_sizes {
@@ -169,6 +173,7 @@ fn phase_change_reuses_memory_across_classes() {
         unsafe { A.free(p) };
     }
     assert_eq!(A.stats().chunks_used, 0, "{}", A.stats());
+    A.validate().unwrap();
 }
 
 #[test]
