@@ -329,7 +329,6 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     }
 }
 
-#[cfg(not(loom))]
 impl<const HEAP: usize> Default for SigAlloc<HEAP> {
     fn default() -> Self {
         Self::new()
