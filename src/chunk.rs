@@ -429,6 +429,12 @@ impl Desc {
         self.carve.load(Ordering::Relaxed) >> 16 == 0
     }
 
+    /// Bytes from the chunk's start that may have been handed out since it was zero.
+    pub(crate) fn dirty_bytes(&self) -> usize {
+        // ORDERING: Relaxed: owner-only; used only to classify a bad free.
+        (self.carve.load(Ordering::Relaxed) >> 16) as usize
+    }
+
     /// Marks the whole chunk dirty (it is being handed out as part of a span).
     pub(crate) fn mark_dirty(&self) {
         // ORDERING: Relaxed: owner-only.

@@ -112,7 +112,7 @@ pub(crate) const fn fit(size: usize, align: usize) -> Option<Fit> {
         return Some(Fit::Small(Class((shift - MIN_SHIFT) as u8)));
     }
     // Spans are chunk-aligned, which covers every align <= MAX_ALIGN.
-    Some(Fit::Span(size.div_ceil(CHUNK)))
+    Some(Fit::Span(need.div_ceil(CHUNK)))
 }
 
 /// The size actually handed out for a request of `size` bytes at minimal alignment;
@@ -146,6 +146,7 @@ mod tests {
         assert_eq!(fit(8, 64), Some(Fit::Small(Class(2))));
         assert_eq!(fit(8, 4096), Some(Fit::Span(1)));
         assert_eq!(fit(8, 8192), None);
+        assert_eq!(fit(0, 4096), Some(Fit::Span(1)));
         for c in Class::all() {
             assert_eq!(fit(c.size(), c.size()), Some(Fit::Small(c)));
             assert!(c.capacity() >= 2);

@@ -316,7 +316,16 @@ impl Heap {
     #[inline(never)]
     fn free_span_slow(&self, r: &Region, ci: usize, off: usize, a: Anchor) -> Result<(), Refused> {
         if a.state() != ACTIVE || a.class() != SPAN_CLASS || off != 0 {
-            let again = a.state() == EMPTY && a.class() == SPAN_CLASS && off == 0;
+            // A second free of a span head, or of a block whose chunk was retired
+            // (its class is kept, and the block lies below the dirtied part).
+            let again = a.state() == EMPTY
+                && match Class::from_id(a.class()) {
+                    Some(c) => {
+                        off & (c.size() - 1) == 0
+                            && r.desc(ci).is_some_and(|d| off < d.dirty_bytes())
+                    }
+                    None => a.class() == SPAN_CLASS && off == 0,
+                };
             return Err(if again {
                 Refused::DoubleFree
             } else {

@@ -62,9 +62,9 @@ static_assertions::const_assert_eq!(core::mem::align_of::<Arena<0>>(), class::CH
 pub struct SigAlloc<const HEAP: usize = DEFAULT_HEAP> {
     arena: Arena<HEAP>,
     heap: Heap,
-    /// Checked mode: the error hook, a `fn(ErrorKind, *mut u8)` as usize (0: none).
+    /// Checked mode: the error hook, a `fn(ErrorKind, *mut u8)` (null: none).
     #[cfg(feature = "checked")]
-    hook: sync::AtomicUsize,
+    hook: sync::FnCell,
 }
 
 /// What the `checked` feature reports through [`SigAlloc::set_error_hook`]. In every
@@ -105,7 +105,7 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
             arena: Arena(UnsafeCell::new([0; HEAP])),
             heap: Heap::new(),
             #[cfg(feature = "checked")]
-            hook: sync::AtomicUsize::new(0),
+            hook: sync::FnCell::new(),
         }
     }
 
@@ -158,20 +158,18 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     /// The hook may run inside a signal handler if the refused call was made there.
     #[cfg(feature = "checked")]
     pub fn set_error_hook(&self, hook: Option<fn(ErrorKind, *mut u8)>) {
-        // ORDERING: Release pairs with the Acquire load in `report`.
         self.hook
-            .store(hook.map_or(0, |f| f as usize), sync::Ordering::Release);
+            .set(hook.map_or(ptr::null_mut(), |f| f as *mut ()));
     }
 
     #[cfg(feature = "checked")]
     #[cold]
     fn report(&self, kind: ErrorKind, p: *mut u8) {
-        // ORDERING: pairs with the Release store in `set_error_hook`.
-        let raw = self.hook.load(sync::Ordering::Acquire);
-        if raw != 0 {
+        let raw = self.hook.get();
+        if !raw.is_null() {
             // SAFETY: only `fn(ErrorKind, *mut u8)` pointers are stored (see
-            // `set_error_hook`), and a function pointer round-trips through usize.
-            let f = unsafe { core::mem::transmute::<usize, fn(ErrorKind, *mut u8)>(raw) };
+            // `set_error_hook`), cast to a same-sized data pointer with provenance.
+            let f = unsafe { core::mem::transmute::<*mut (), fn(ErrorKind, *mut u8)>(raw) };
             f(kind, p);
         }
     }

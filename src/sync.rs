@@ -40,12 +40,13 @@ pub enum Step {
 mod hook {
     use super::Step;
     // The hook's own storage is deliberately not a wrapped atomic: reading it must not
-    // recurse into itself.
-    static HOOK: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    // recurse into itself. A pointer, not an integer, so the call keeps provenance.
+    static HOOK: core::sync::atomic::AtomicPtr<()> =
+        core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
 
     /// Installs `f` to run before every atomic step (`None` removes it).
     pub fn set(f: Option<fn(Step)>) {
-        let raw = f.map_or(0, |f| f as usize);
+        let raw = f.map_or(core::ptr::null_mut(), |f| f as *mut ());
         // ORDERING: Release pairs with the Acquire load in `call`, so a hook installed by
         // one thread is fully visible to the threads that call it.
         HOOK.store(raw, core::sync::atomic::Ordering::Release);
@@ -55,10 +56,10 @@ mod hook {
     pub(super) fn call(kind: Step) {
         // ORDERING: pairs with the Release store in `set`.
         let raw = HOOK.load(core::sync::atomic::Ordering::Acquire);
-        if raw != 0 {
-            // SAFETY: the only non-zero values stored are `fn(Step)` pointers cast to
-            // usize in `set`; a function pointer round-trips through usize.
-            let f = unsafe { core::mem::transmute::<usize, fn(Step)>(raw) };
+        if !raw.is_null() {
+            // SAFETY: the only non-null values stored are `fn(Step)` pointers (see `set`),
+            // cast to a data pointer of the same size, with their provenance.
+            let f = unsafe { core::mem::transmute::<*mut (), fn(Step)>(raw) };
             f(kind);
         }
     }
@@ -184,6 +185,33 @@ impl AtomicU32 {
     }
 }
 atomic_word!(AtomicUsize, AtomicUsize, usize);
+
+/// A cell holding an optional function pointer (an error hook), kept as a pointer so
+/// that calling it keeps provenance.
+pub(crate) struct FnCell(imp::AtomicPtr<()>);
+
+#[allow(dead_code)]
+impl FnCell {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        FnCell(imp::AtomicPtr::new(core::ptr::null_mut()))
+    }
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        FnCell(imp::AtomicPtr::new(core::ptr::null_mut()))
+    }
+    /// Stores a function pointer cast to `*mut ()` (or null).
+    pub(crate) fn set(&self, f: *mut ()) {
+        // ORDERING: Release pairs with the Acquire in `get`: the hook's code and data
+        // are visible to whoever calls it.
+        self.0.store(f, Ordering::Release)
+    }
+    /// The stored pointer, or null.
+    pub(crate) fn get(&self) -> *mut () {
+        // ORDERING: pairs with the Release in `set`.
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// A fence, seen by the hook like any other step.
 #[inline(always)]

@@ -72,7 +72,9 @@ fn random_ops<const N: usize>(a: &SigAlloc<N>, seed: u64, steps: usize) {
                     if rng.range(0, 1) == 0 {
                         unsafe { a.free(p) };
                     } else {
-                        unsafe { a.dealloc(p, Layout::from_size_align(l.size.max(1), 1).unwrap()) };
+                        unsafe {
+                            a.dealloc(p, Layout::from_size_align(l.size.max(1), l.align).unwrap())
+                        };
                     }
                 }
             }

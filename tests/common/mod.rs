@@ -19,6 +19,7 @@ pub struct Live {
     /// The pointer itself, kept so tests never turn an integer back into a pointer.
     pub ptr: *mut u8,
     pub size: usize,
+    pub align: usize,
     pub fill: u8,
 }
 
@@ -63,7 +64,15 @@ impl Model {
             );
         }
         unsafe { std::ptr::write_bytes(p, fill, size) };
-        self.live.insert(a, Live { ptr: p, size, fill });
+        self.live.insert(
+            a,
+            Live {
+                ptr: p,
+                size,
+                align,
+                fill,
+            },
+        );
     }
 
     /// Checks a block's contents and forgets it; returns what it was.
