@@ -3,7 +3,11 @@
 //! it handed out exactly once.
 #![cfg(feature = "checked")]
 // Tests use std atomics for their own bookkeeping; only src/ must go through sync.rs.
-#![allow(clippy::unwrap_used, clippy::undocumented_unsafe_blocks, clippy::disallowed_types)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    clippy::disallowed_types
+)]
 
 mod common;
 
