@@ -22,11 +22,11 @@
 
 use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS, SPAN_TAIL_CLASS};
 use crate::class::{fit, Class, Fit, CHUNK, CHUNK_SHIFT, NCLASSES};
-use crate::region::Region;
+use crate::region::{Region, LISTS};
 use crate::sync::{AtomicU32, AtomicUsize, Ordering};
 
-/// Active slots per class.
-pub(crate) const SLOTS: usize = 4;
+/// Active slots per class (one per partial list, so a slot hint names both).
+pub(crate) const SLOTS: usize = LISTS;
 const SLOT_BITS: u32 = SLOTS.trailing_zeros();
 static_assertions::const_assert!(SLOTS.is_power_of_two());
 
@@ -54,13 +54,11 @@ pub(crate) struct Heap {
     peak_chunks: AtomicUsize,
 }
 
-/// The slot to try first: a hash of the stack address. No TLS, no initialisation.
+/// The slot to try first (and the partial list to use): from the stack address, so no
+/// TLS and no initialisation (see `sync::stack_hash`).
 #[inline(always)]
 fn slot_hint() -> usize {
-    const GOLDEN: usize = 0x9E37_79B9_7F4A_7C15_u64 as usize;
-    let probe = 0u8;
-    let sp = core::ptr::addr_of!(probe).addr();
-    (sp >> 16).wrapping_mul(GOLDEN) >> (usize::BITS - SLOT_BITS)
+    crate::sync::stack_hash() >> (usize::BITS - SLOT_BITS)
 }
 
 impl Heap {
@@ -142,17 +140,26 @@ impl Heap {
     #[cold]
     #[inline(never)]
     fn alloc_small_slow(&self, r: &Region, c: Class, hint: usize) -> Option<(*mut u8, bool)> {
+        // Our own partial list first (the chunks we freed into), then the others'.
+        for k in 0..LISTS {
+            while let Some(ci) = r.partial(c, hint + k).take_any() {
+                let Some(d) = r.desc(ci) else { continue };
+                if d.claim(c) {
+                    if let Some(got) = self.pop_and_keep(r, c, ci, hint) {
+                        return Some(got);
+                    }
+                }
+            }
+        }
+        if let Some(ci) = self.claim_free_near(r, hint) {
+            r.desc(ci)?.format(c);
+            return self.pop_and_keep(r, c, ci, hint);
+        }
+        // Memory is short: use the chunks other threads keep in their slots. (Doing this
+        // earlier would make threads steal each other's chunks back and forth.)
         for k in 1..SLOTS {
             if let Some(got) = self.pop_from_slot(r, c, hint + k) {
                 return Some(got);
-            }
-        }
-        while let Some(ci) = r.partial(c).take_any() {
-            let Some(d) = r.desc(ci) else { continue };
-            if d.claim(c) {
-                if let Some(got) = self.pop_and_keep(r, c, ci, hint) {
-                    return Some(got);
-                }
             }
         }
         let ci = self.claim_chunks_slow(r, 1)?;
@@ -160,19 +167,16 @@ impl Heap {
         self.pop_and_keep(r, c, ci, hint)
     }
 
-    /// Puts chunk `ci` (which the caller owns) back into an empty slot of class `c`,
-    /// starting at `s`; releases it if every slot is taken.
+    /// Puts chunk `ci` (which the caller owns) back into slot `s` of class `c`; releases
+    /// it if the slot was refilled meanwhile (by a handler that interrupted us, or another
+    /// thread). Other slots are left to their own threads.
     #[inline(always)]
     fn put_back(&self, r: &Region, c: Class, ci: usize, s: usize) {
-        let v = ci as u32 + 1;
-        for k in 0..SLOTS {
-            let Some(slot) = self.slot(c, s + k) else {
-                break;
-            };
+        if let Some(slot) = self.slot(c, s) {
             // ORDERING: Release pairs with the Acquire swap in `pop_from_slot`.
             if slot
                 .0
-                .compare_exchange(0, v, Ordering::Release, Ordering::Relaxed)
+                .compare_exchange(0, ci as u32 + 1, Ordering::Release, Ordering::Relaxed)
                 .is_ok()
             {
                 return;
@@ -188,7 +192,7 @@ impl Heap {
         let Some(d) = r.desc(ci) else { return };
         // SAFETY: I1, the caller owns chunk `ci`, which serves `c`.
         match unsafe { d.release(r.chunk_base(ci), c) } {
-            Pushed::Listed => r.partial(c).set(ci),
+            Pushed::Listed => r.partial(c, slot_hint()).set(ci),
             Pushed::Emptied => self.retire(r, ci, Some(c)),
             Pushed::Done | Pushed::Rejected => {}
         }
@@ -202,31 +206,53 @@ impl Heap {
         if let Some(c) = c {
             // A listing left by a releaser that was overtaken; claimers would drop it
             // anyway, so this only saves them the work.
-            r.partial(c).clear(ci);
+            for list in 0..LISTS {
+                r.partial(c, list).clear(ci);
+            }
         }
         // ORDERING: Relaxed: a statistic.
         self.used_chunks.fetch_sub(1, Ordering::Relaxed);
         r.used().clear(ci);
     }
 
+    /// Claims one free chunk for the thread with slot hint `hint`. Each hint starts its
+    /// search in its own zone of the heap, so one thread's chunks (and their descriptors,
+    /// four to a cache line) sit together instead of interleaving with another's.
+    fn claim_free_near(&self, r: &Region, hint: usize) -> Option<usize> {
+        let span = r.end() - r.first();
+        let zone = r.first() + span * (hint % SLOTS) / SLOTS;
+        let used = r.used();
+        let ci = used
+            .claim_one(zone, r.end())
+            .or_else(|| used.claim_one(r.first(), zone))?;
+        self.count_claimed(1);
+        Some(ci)
+    }
+
+    fn count_claimed(&self, n: usize) {
+        // ORDERING: Relaxed: statistics.
+        let now = self.used_chunks.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak_chunks.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Claims `n` consecutive free chunks.
+    fn claim_free(&self, r: &Region, n: usize) -> Option<usize> {
+        let ci = r.used().claim_run(r.first(), r.end(), n)?;
+        self.count_claimed(n);
+        Some(ci)
+    }
+
     /// Claims `n` consecutive free chunks, reclaiming idle slot chunks if none are free.
     #[cold]
     #[inline(never)]
     fn claim_chunks_slow(&self, r: &Region, n: usize) -> Option<usize> {
-        let used = r.used();
-        let ci = match used.claim_run(r.first(), r.end(), n) {
-            Some(ci) => ci,
-            None => {
-                if !self.reclaim_slots(r) {
-                    return None;
-                }
-                used.claim_run(r.first(), r.end(), n)?
-            }
-        };
-        // ORDERING: Relaxed: statistics.
-        let now = self.used_chunks.fetch_add(n, Ordering::Relaxed) + n;
-        self.peak_chunks.fetch_max(now, Ordering::Relaxed);
-        Some(ci)
+        if let Some(ci) = self.claim_free(r, n) {
+            return Some(ci);
+        }
+        if !self.reclaim_slots(r) {
+            return None;
+        }
+        self.claim_free(r, n)
     }
 
     /// Empties every slot, releasing its chunk, so chunks whose blocks are all free go
@@ -301,7 +327,7 @@ impl Heap {
         match unsafe { d.push(r.chunk_base(ci), c, idx) } {
             Pushed::Done => Ok(()),
             Pushed::Listed => {
-                r.partial(c).set(ci);
+                r.partial(c, slot_hint()).set(ci);
                 Ok(())
             }
             Pushed::Emptied => {
@@ -453,7 +479,8 @@ impl Heap {
                     if !used.get(ci) {
                         return Err("a chunk serving a class is marked free");
                     }
-                    if a.state() == crate::chunk::PARTIAL && !r.partial(c).get(ci) {
+                    let listed = (0..LISTS).any(|list| r.partial(c, list).get(ci));
+                    if a.state() == crate::chunk::PARTIAL && !listed {
                         return Err("a PARTIAL chunk is not listed");
                     }
                     d.validate(r.chunk_base(ci), c, slots == 1)?;

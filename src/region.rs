@@ -23,9 +23,17 @@ use crate::chunk::Desc;
 use crate::class::{Class, CHUNK, CHUNK_SHIFT, NCLASSES};
 use crate::sync::AtomicUsize;
 
+/// Partial-chunk lists per class. Each active slot has its own, so a thread lists the
+/// chunks it frees into under its own stack hash and takes them back from there first:
+/// threads on different slots then share no bitmap word.
+pub(crate) const LISTS: usize = 4;
+
+/// Bitmaps in a region's metadata: the used map, then `LISTS` partial maps per class.
+const MAPS: usize = 1 + NCLASSES * LISTS;
+
 /// Bytes of metadata for a region of `n` chunks, and where the descriptors start.
 const fn layout(n: usize) -> (usize, usize) {
-    let words = Bitmap::words_for(n) * (1 + NCLASSES);
+    let words = Bitmap::words_for(n) * MAPS;
     let desc_at = (words * size_of::<AtomicUsize>()).next_multiple_of(align_of::<Desc>());
     (desc_at + n * size_of::<Desc>(), desc_at)
 }
@@ -75,7 +83,7 @@ impl Region {
     #[cfg(loom)]
     pub(crate) unsafe fn init(&self) {
         let (_, desc_at) = layout(self.n);
-        let words = Bitmap::words_for(self.n) * (1 + NCLASSES);
+        let words = Bitmap::words_for(self.n) * MAPS;
         for i in 0..words {
             let p = self
                 .base
@@ -112,7 +120,7 @@ impl Region {
         let p = self
             .base
             .wrapping_add(which * per * size_of::<AtomicUsize>());
-        // SAFETY: `Region::new`'s contract: the metadata area holds (1 + NCLASSES) * per
+        // SAFETY: `Region::new`'s contract: the metadata area holds MAPS * per
         // initialised words at `base`, aligned, shared only through atomics.
         unsafe { core::slice::from_raw_parts(p.cast::<AtomicUsize>(), per) }
     }
@@ -123,10 +131,10 @@ impl Region {
         Bitmap::new(self.words(0), self.n)
     }
 
-    /// The partial-chunk map of `class`.
+    /// Partial-chunk map `list` (taken modulo [`LISTS`]) of `class`.
     #[inline(always)]
-    pub(crate) fn partial(&self, class: Class) -> Bitmap<'_> {
-        Bitmap::new(self.words(1 + class.id()), self.n)
+    pub(crate) fn partial(&self, class: Class, list: usize) -> Bitmap<'_> {
+        Bitmap::new(self.words(1 + class.id() * LISTS + list % LISTS), self.n)
     }
 
     /// The descriptor of chunk `i` (`i < end()`).

@@ -221,6 +221,27 @@ pub(crate) fn fence(o: Ordering) {
     imp::fence(o)
 }
 
+/// A number that differs between threads and stays put within one, without TLS: a
+/// hash of the stack address (threads' stacks lie megabytes apart; a signal handler on
+/// the same stack gets the same number, finds that slot taken and moves on).
+///
+/// Under loom every thread gets 0: all threads then share one active slot and one
+/// partial list, the most contended case, which is what the models should explore.
+#[inline(always)]
+pub(crate) fn stack_hash() -> usize {
+    #[cfg(loom)]
+    {
+        0
+    }
+    #[cfg(not(loom))]
+    {
+        const GOLDEN: usize = 0x9E37_79B9_7F4A_7C15_u64 as usize;
+        let probe = 0u8;
+        let sp = core::ptr::addr_of!(probe).addr();
+        (sp >> 16).wrapping_mul(GOLDEN)
+    }
+}
+
 /// Reads the link word of a free block: the index of the next free block.
 ///
 /// # Safety

@@ -317,19 +317,22 @@ impl Scenario {
         }
     }
 
-    /// How many RMWs A alone makes, where that shows it took the path it names.
+    /// How many RMWs A alone makes, where that shows it took the path it names. Checked
+    /// mode adds one: the block's live bit, set on hand-out or cleared on free.
     fn rmws(self) -> Option<usize> {
         use Scenario::*;
+        let live_bit = usize::from(cfg!(feature = "checked"));
         match self {
             // The slot swap, the CAS taking the shared list, the put-back CAS.
-            AllocTakeShared => Some(3),
-            // The slot swap, the CAS to FULL, three empty slots, taking the partial
-            // listing, the claim CAS, the put-back CAS.
-            AllocClaimPartial => Some(8),
+            AllocTakeShared => Some(3 + live_bit),
+            // The slot swap, the CAS to FULL, taking our own partial listing, the claim
+            // CAS, the put-back CAS. (Other threads' slots are tried only when no chunk is
+            // free.)
+            AllocClaimPartial => Some(5 + live_bit),
             // The push CAS only.
-            FreeActive => Some(1),
+            FreeActive => Some(1 + live_bit),
             // The push CAS, then the partial-map listing.
-            FreeFullToPartial => Some(2),
+            FreeFullToPartial => Some(2 + live_bit),
             _ => None,
         }
     }
