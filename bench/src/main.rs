@@ -55,7 +55,9 @@ impl Config {
             repeats: if quick { 1 } else { 5 },
             pairs_ops: 10_000_000 / scale,
             churn_ops: 5_000_000 / scale,
-            thread_ops: 1_000_000 / scale,
+            // Long enough (~0.2 s and up per run) that thread start-up and first-touch page
+            // faults of a fresh process do not decide the scaling column.
+            thread_ops: 5_000_000 / scale,
             prodcons_ops: 3_000_000 / scale,
             limit: Duration::from_secs(if quick { 1 } else { 2 }),
             storm_signals: if quick { 10_000 } else { 50_000 },
