@@ -35,7 +35,6 @@
 
 mod common;
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::cell::{Cell, RefCell};
 use std::io::Write;
 
@@ -54,41 +53,7 @@ const BUDGET: u64 = 10_000;
 /// Operation levels: A, B (injected into A), C (injected into B).
 const LEVELS: usize = 3;
 
-/// A fresh allocator on the system heap.
-///
-/// `SigAlloc::new()` is all zero (its heap, side table and slots start as zero bytes:
-/// that is what lets a `static` live in `.bss`), so zeroed memory of the right layout is
-/// exactly `SigAlloc::new()`, built without a 256 KiB temporary on the stack.
-struct Fresh(*mut Heap);
-
-impl Fresh {
-    fn new() -> Self {
-        let layout = Layout::new::<Heap>();
-        // SAFETY: the layout has a non-zero size.
-        let p = unsafe { alloc_zeroed(layout) }.cast::<Heap>();
-        assert!(!p.is_null(), "the system allocator is out of memory");
-        Fresh(p)
-    }
-
-    /// Makes the allocator new again. `&mut self`: no reference into it is alive.
-    fn reset(&mut self) {
-        // SAFETY: `self.0` is valid for one `Heap` (allocated in `new`) and unborrowed;
-        // all-zero bytes are `SigAlloc::new()` (see the type's docs).
-        unsafe { std::ptr::write_bytes(self.0, 0, 1) };
-    }
-
-    fn get(&self) -> &Heap {
-        // SAFETY: valid and initialised (zeroed is `new()`) for as long as `self` lives.
-        unsafe { &*self.0 }
-    }
-}
-
-impl Drop for Fresh {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this very layout, freed once.
-        unsafe { dealloc(self.0.cast(), Layout::new::<Heap>()) };
-    }
-}
+type Fresh = common::Fresh<HEAP>;
 
 /// One run's world: the allocator, the model of its live blocks, the blocks nested
 /// operations may free or reallocate.

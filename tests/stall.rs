@@ -32,13 +32,14 @@
 //!   grew; the test checks that fewer than 70 chunks were claimed then).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
+
+mod common;
 
 use sigalloc::{SigAlloc, Step, CHUNK_SIZE};
 
@@ -62,32 +63,7 @@ const CLASS_64: usize = 2;
 /// Hang detector, not a timing assertion: the workers' whole run must end by then.
 const WATCHDOG: Duration = Duration::from_secs(120);
 
-/// A fresh allocator on the system heap: `SigAlloc::new()` is all zero (that is what
-/// lets a `static` sit in `.bss`), so zeroed memory of its layout is exactly
-/// `SigAlloc::new()`, without an 8 MiB temporary on the stack.
-struct Fresh(*mut Heap);
-
-impl Fresh {
-    fn new() -> Self {
-        let layout = Layout::new::<Heap>();
-        // SAFETY: the layout has a non-zero size.
-        let p = unsafe { alloc_zeroed(layout) }.cast::<Heap>();
-        assert!(!p.is_null(), "the system allocator is out of memory");
-        Fresh(p)
-    }
-
-    fn get(&self) -> &Heap {
-        // SAFETY: valid and initialised (zeroed is `new()`) for as long as `self` lives.
-        unsafe { &*self.0 }
-    }
-}
-
-impl Drop for Fresh {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this very layout, freed once.
-        unsafe { dealloc(self.0.cast(), Layout::new::<Heap>()) };
-    }
-}
+type Fresh = common::Fresh<HEAP>;
 
 // SAFETY: `Fresh` is an owning pointer to a `SigAlloc`, which is `Sync`: sharing
 // `&Fresh` across threads only shares `&SigAlloc`.

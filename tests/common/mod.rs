@@ -127,6 +127,43 @@ pub fn check_fill(p: *mut u8, size: usize, fill: u8) {
     }
 }
 
+/// A fresh `SigAlloc<N>` on the system heap, for tests that need many, or big ones.
+///
+/// `SigAlloc::new()` is all zero (its heap, side table and slots start as zero bytes:
+/// that is what lets a `static` live in `.bss`), so zeroed memory of its layout is
+/// exactly `SigAlloc::new()`, built without a large temporary on the stack.
+pub struct Fresh<const N: usize>(*mut sigalloc::SigAlloc<N>);
+
+impl<const N: usize> Fresh<N> {
+    pub fn new() -> Self {
+        let layout = std::alloc::Layout::new::<sigalloc::SigAlloc<N>>();
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<sigalloc::SigAlloc<N>>();
+        assert!(!p.is_null(), "the system allocator is out of memory");
+        Fresh(p)
+    }
+
+    /// Makes the allocator new again. `&mut self`: no reference into it is alive.
+    pub fn reset(&mut self) {
+        // SAFETY: `self.0` is valid for one `SigAlloc<N>` (allocated in `new`) and
+        // unborrowed; all-zero bytes are `SigAlloc::new()`.
+        unsafe { std::ptr::write_bytes(self.0, 0, 1) };
+    }
+
+    pub fn get(&self) -> &sigalloc::SigAlloc<N> {
+        // SAFETY: valid and initialised (zeroed is `new()`) for as long as `self` lives.
+        unsafe { &*self.0 }
+    }
+}
+
+impl<const N: usize> Drop for Fresh<N> {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::new::<sigalloc::SigAlloc<N>>();
+        // SAFETY: allocated in `new` with this very layout, freed once.
+        unsafe { std::alloc::dealloc(self.0.cast(), layout) };
+    }
+}
+
 /// A small deterministic PRNG (xorshift64*), so failures replay.
 pub struct Rng(pub u64);
 
