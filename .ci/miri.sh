@@ -50,9 +50,11 @@ run "$STRICT" --test checked --features checked -- bad_frees
 run "$PERMISSIVE" --test checked --features checked -- racing
 
 # Each seed prints its own "test result" line; a test counts once over all seeds.
-total=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
+# `|| true`: under pipefail a grep that finds nothing (a clean run has no failures)
+# would otherwise end the script before it prints its summary.
+total=$( (grep -Eo '[0-9]+ passed' "$log" || true) | awk '{s += $1} END {print s + 0}')
 ub=$(grep -c 'Undefined Behavior' "$log" || true)
-failed=$(grep -Eo '[1-9][0-9]* failed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$( (grep -Eo '[1-9][0-9]* failed' "$log" || true) | awk '{s += $1} END {print s + 0}')
 line="miri: $((total / SEEDS)) tests passed over $SEEDS seeds, $ub UB reports"
 if [ "$failed" -gt 0 ]; then
     line="$line, $failed failed"
