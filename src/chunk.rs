@@ -535,12 +535,23 @@ impl Desc {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    // Every unsafe call below has the same justification, given once per test: the test
-    // is the chunk's only user, owns it whenever it pops or releases, and frees only
-    // blocks it was handed.
-    #![allow(clippy::undocumented_unsafe_blocks)]
     use super::*;
     use crate::class::{fit, Fit};
+
+    // The tests below are each chunk's only user: they own it whenever they pop or
+    // release, and free only blocks they were handed. These wrappers carry that once.
+    fn pop(d: &Desc, base: *mut u8, c: Class) -> Option<(u32, bool)> {
+        // SAFETY: the test owns the chunk (see above) and `base` is its first byte.
+        unsafe { d.owner_pop(base, c) }
+    }
+    fn push(d: &Desc, base: *mut u8, c: Class, idx: u32) -> Pushed {
+        // SAFETY: the test frees a block it was handed, of the chunk's class.
+        unsafe { d.push(base, c, idx) }
+    }
+    fn release(d: &Desc, base: *mut u8, c: Class) -> Pushed {
+        // SAFETY: the test owns the chunk (see above).
+        unsafe { d.release(base, c) }
+    }
 
     #[repr(align(4096))]
     struct Mem([u8; CHUNK]);
@@ -578,9 +589,7 @@ mod tests {
         let d = desc();
         let c = class(1024);
         d.format(c);
-        // SAFETY (all calls below): this test is the chunk's only user; it owns the
-        // chunk whenever it pops or releases, and frees only blocks it was handed.
-        let got: std::vec::Vec<_> = (0..4).map(|_| unsafe { d.owner_pop(base, c) }).collect();
+        let got: std::vec::Vec<_> = (0..4).map(|_| pop(&d, base, c)).collect();
         assert_eq!(
             got,
             [
@@ -590,30 +599,30 @@ mod tests {
                 Some((3, true))
             ]
         );
-        assert_eq!(unsafe { d.owner_pop(base, c) }, None, "exhausted: now FULL");
+        assert_eq!(pop(&d, base, c), None, "exhausted: now FULL");
         assert_eq!(d.anchor(Ordering::Relaxed).state(), FULL);
-        assert_eq!(unsafe { d.push(base, c, 2) }, Pushed::Listed);
-        assert_eq!(unsafe { d.push(base, c, 0) }, Pushed::Done);
+        assert_eq!(push(&d, base, c, 2), Pushed::Listed);
+        assert_eq!(push(&d, base, c, 0), Pushed::Done);
         assert!(d.claim(c));
         assert!(!d.claim(c), "a chunk is claimed once");
-        assert_eq!(unsafe { d.owner_pop(base, c) }, Some((0, false)));
-        assert_eq!(unsafe { d.owner_pop(base, c) }, Some((2, false)));
+        assert_eq!(pop(&d, base, c), Some((0, false)));
+        assert_eq!(pop(&d, base, c), Some((2, false)));
         assert_eq!(
-            unsafe { d.push(base, c, 1) },
+            push(&d, base, c, 1),
             Pushed::Done,
             "pushes onto an owned chunk"
         );
-        assert_eq!(unsafe { d.release(base, c) }, Pushed::Listed);
+        assert_eq!(release(&d, base, c), Pushed::Listed);
         for idx in [0, 2, 3] {
             let want = if idx == 3 {
                 Pushed::Emptied
             } else {
                 Pushed::Done
             };
-            assert_eq!(unsafe { d.push(base, c, idx) }, want);
+            assert_eq!(push(&d, base, c, idx), want);
         }
         assert_eq!(
-            unsafe { d.push(base, c, 3) },
+            push(&d, base, c, 3),
             Pushed::Rejected,
             "EMPTY takes no push"
         );
@@ -631,25 +640,24 @@ mod tests {
         let d = desc();
         let c = class(512);
         d.format(c);
-        // SAFETY (all calls below): as in the test above.
         for _ in 0..8 {
-            assert!(unsafe { d.owner_pop(base, c) }.is_some());
+            assert!(pop(&d, base, c).is_some());
         }
         for idx in [5, 6, 7] {
-            assert_eq!(unsafe { d.push(base, c, idx) }, Pushed::Done);
+            assert_eq!(push(&d, base, c, idx), Pushed::Done);
         }
         // Take the shared list (5, 6, 7 -> private), hand one out, keep two private.
-        assert_eq!(unsafe { d.owner_pop(base, c) }, Some((7, false)));
-        assert_eq!(unsafe { d.push(base, c, 1) }, Pushed::Done);
-        assert_eq!(unsafe { d.release(base, c) }, Pushed::Listed);
+        assert_eq!(pop(&d, base, c), Some((7, false)));
+        assert_eq!(push(&d, base, c, 1), Pushed::Done);
+        assert_eq!(release(&d, base, c), Pushed::Listed);
         assert_eq!(d.free_blocks(c), 3);
         assert!(d.claim(c));
         let mut back: std::vec::Vec<u32> = (0..3)
-            .filter_map(|_| unsafe { d.owner_pop(base, c) })
+            .filter_map(|_| pop(&d, base, c))
             .map(|(i, _)| i)
             .collect();
         back.sort();
         assert_eq!(back, [1, 5, 6]);
-        assert_eq!(unsafe { d.owner_pop(base, c) }, None);
+        assert_eq!(pop(&d, base, c), None);
     }
 }
