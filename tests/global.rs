@@ -18,6 +18,8 @@
 // `clippy.toml` (aimed at `src/`, where loom must see every atomic) does not concern.
 #![allow(clippy::disallowed_types)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -242,18 +244,6 @@ mod in_a_signal_handler {
         old
     }
 
-    /// Puts back `old`, discarding a signal still pending (`SIG_IGN` does that).
-    fn restore(sig: libc::c_int, old: &libc::sigaction) {
-        // SAFETY: all-zero is a valid `sigaction`.
-        let mut ignore: libc::sigaction = unsafe { std::mem::zeroed() };
-        ignore.sa_sigaction = libc::SIG_IGN;
-        // SAFETY: valid pointers to initialised actions.
-        unsafe {
-            assert_eq!(libc::sigaction(sig, &ignore, std::ptr::null_mut()), 0);
-            assert_eq!(libc::sigaction(sig, old, std::ptr::null_mut()), 0);
-        }
-    }
-
     /// A timer that signals the calling thread every 50 µs (Linux only; elsewhere the
     /// killer thread alone interrupts).
     #[cfg(target_os = "linux")]
@@ -368,8 +358,8 @@ mod in_a_signal_handler {
             STOP.store(true, Ordering::Release);
             if let Some(k) = self.killer.take() {
                 self.sent = k.join().unwrap_or(0);
-                restore(SIG_TIMER, &self.old[0]);
-                restore(SIG_KILL, &self.old[1]);
+                crate::common::restore_signal(SIG_TIMER, &self.old[0]);
+                crate::common::restore_signal(SIG_KILL, &self.old[1]);
             }
             self.sent
         }

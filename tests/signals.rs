@@ -32,6 +32,8 @@
 // `clippy.toml` (aimed at `src/`, where loom must see every atomic) does not concern.
 #![allow(clippy::disallowed_types)]
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
@@ -517,21 +519,6 @@ fn install(sig: libc::c_int, nested: bool) -> libc::sigaction {
     old
 }
 
-/// Puts back the action `install` replaced, discarding any signal still pending.
-fn restore(sig: libc::c_int, old: &libc::sigaction) {
-    // SAFETY: all-zero is a valid `sigaction`; `SIG_IGN` discards pending `sig`.
-    let mut ignore: libc::sigaction = unsafe { std::mem::zeroed() };
-    ignore.sa_sigaction = libc::SIG_IGN;
-    // SAFETY: valid pointers to initialised actions.
-    unsafe {
-        assert_eq!(libc::sigaction(sig, &ignore, std::ptr::null_mut()), 0);
-    }
-    // SAFETY: as above.
-    unsafe {
-        assert_eq!(libc::sigaction(sig, old, std::ptr::null_mut()), 0);
-    }
-}
-
 /// A per-thread interval timer that signals the calling thread (Linux only; elsewhere
 /// the storm comes from `pthread_kill` alone).
 #[cfg(target_os = "linux")]
@@ -719,9 +706,9 @@ fn storm(nested: bool) {
     });
     // Every worker has exited: no signal is pending on any of them, and no handler runs.
     RAISE.store(false, Ordering::Relaxed);
-    restore(SIG_TIMER, &old_timer);
-    restore(SIG_KILL, &old_kill);
-    restore(SIG_RAISE, &old_raise);
+    common::restore_signal(SIG_TIMER, &old_timer);
+    common::restore_signal(SIG_KILL, &old_kill);
+    common::restore_signal(SIG_RAISE, &old_raise);
     for w in &WORKER {
         w.thread.store(0, Ordering::Relaxed);
     }

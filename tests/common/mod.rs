@@ -164,6 +164,20 @@ impl<const N: usize> Drop for Fresh<N> {
     }
 }
 
+/// Puts back the signal action `old`, first setting `SIG_IGN` so that a signal still
+/// pending is discarded instead of reaching a handler that is going away.
+#[cfg(unix)]
+pub fn restore_signal(sig: libc::c_int, old: &libc::sigaction) {
+    // SAFETY: all-zero is a valid `sigaction`.
+    let mut ignore: libc::sigaction = unsafe { std::mem::zeroed() };
+    ignore.sa_sigaction = libc::SIG_IGN;
+    // SAFETY: valid pointers to initialised actions.
+    unsafe {
+        assert_eq!(libc::sigaction(sig, &ignore, std::ptr::null_mut()), 0);
+        assert_eq!(libc::sigaction(sig, old, std::ptr::null_mut()), 0);
+    }
+}
+
 /// A small deterministic PRNG (xorshift64*), so failures replay.
 pub struct Rng(pub u64);
 
