@@ -203,6 +203,42 @@ impl<'a> Bitmap<'a> {
         true
     }
 
+    /// Word `w` of the map (bits `w * usize::BITS..`), bits past the end masked off.
+    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
+    pub(crate) fn load_word(&self, w: usize) -> usize {
+        // ORDERING: Relaxed: a snapshot for a scan; whoever acts on a bit claims it.
+        self.words
+            .get(w)
+            .map_or(0, |x| x.load(Ordering::Relaxed) & self.valid(w))
+    }
+
+    /// Replaces word `w` with `v` (masked to the map), returning the old bits.
+    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
+    pub(crate) fn swap_word(&self, w: usize, v: usize) -> usize {
+        let v = v & self.valid(w);
+        // ORDERING: Relaxed: only used for the idle map, a hint (see `mapped.rs`).
+        self.words
+            .get(w)
+            .map_or(0, |x| x.swap(v, Ordering::Relaxed) & self.valid(w))
+    }
+
+    /// Words the map spans.
+    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
+    pub(crate) fn word_count(&self) -> usize {
+        Self::words_for(self.len)
+    }
+
+    /// The bits of word `w` that lie inside the map.
+    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
+    fn valid(&self, w: usize) -> usize {
+        let lo = w.saturating_mul(W);
+        if lo >= self.len {
+            0
+        } else {
+            mask(0, (self.len - lo).min(W))
+        }
+    }
+
     /// Clears bits `start..start + n`.
     pub(crate) fn release_run(&self, start: usize, n: usize) {
         let end = start.saturating_add(n).min(self.len);

@@ -435,6 +435,13 @@ impl Desc {
         (self.carve.load(Ordering::Relaxed) >> 16) as usize
     }
 
+    /// Records that the chunk's memory reads as zero again (its pages were given back).
+    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
+    pub(crate) fn mark_clean(&self) {
+        // ORDERING: Relaxed: owner-only (the release pass holds the chunk's used bit).
+        self.carve.store(0, Ordering::Relaxed);
+    }
+
     /// Marks the whole chunk dirty (it is being handed out as part of a span).
     pub(crate) fn mark_dirty(&self) {
         // ORDERING: Relaxed: owner-only.

@@ -13,16 +13,18 @@
 //! refilled, it tries the other slots, then releases its chunk to the partial map.
 //!
 //! # Where memory comes from
-//! `slot -> other slots -> partial map -> free map -> (reclaim slots) -> null`. When a
+//! `slot -> partial maps -> free maps -> other slots -> (reclaim slots) -> grow -> null`,
+//! each map step walking every region (`region::Space`), the static heap first. When a
 //! class's free blocks are all back in a chunk that no one owns, the chunk returns to
-//! the free map, so memory moves between classes (AO_malloc never does). Requests above
-//! the largest class take a run of whole chunks from the free map.
+//! its region's free map, so memory moves between classes (AO_malloc never does).
+//! Requests above the largest class take a run of whole chunks from one region. `grow`
+//! is the only way new memory appears; this file does not know where it comes from.
 //!
 //! Depends on: `sync`, `class`, `bitmap`, `chunk`, `region`. Upholds I1-I4, I6.
 
 use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS, SPAN_TAIL_CLASS};
 use crate::class::{fit, Class, Fit, CHUNK, CHUNK_SHIFT, NCLASSES};
-use crate::region::{Region, LISTS};
+use crate::region::{ChunkId, Region, Space, LISTS, MAX_REGION_CHUNKS};
 use crate::sync::{AtomicU32, AtomicUsize, Ordering};
 
 /// Active slots per class (one per partial list, so a slot hint names both).
@@ -30,7 +32,7 @@ pub(crate) const SLOTS: usize = LISTS;
 const SLOT_BITS: u32 = SLOTS.trailing_zeros();
 static_assertions::const_assert!(SLOTS.is_power_of_two());
 
-/// One active slot: 0, or a chunk index + 1. Padded so threads on different slots
+/// One active slot: 0, or a [`ChunkId`] + 1. Padded so threads on different slots
 /// never share a cache line.
 #[repr(align(64))]
 struct Slot(AtomicU32);
@@ -86,10 +88,10 @@ impl Heap {
 
     /// Allocates `size` bytes at `align`; the flag says the memory is known to be zero.
     #[inline(always)]
-    pub(crate) fn alloc(&self, r: &Region, size: usize, align: usize) -> Option<(*mut u8, bool)> {
+    pub(crate) fn alloc(&self, sp: &Space, size: usize, align: usize) -> Option<(*mut u8, bool)> {
         match fit(size, align)? {
-            Fit::Small(c) => self.alloc_small(r, c),
-            Fit::Span(n) => self.alloc_span_slow(r, n),
+            Fit::Small(c) => self.alloc_small(sp, c),
+            Fit::Span(n) => self.alloc_span_slow(sp, n),
         }
     }
 
@@ -99,29 +101,38 @@ impl Heap {
     }
 
     #[inline(always)]
-    fn alloc_small(&self, r: &Region, c: Class) -> Option<(*mut u8, bool)> {
+    fn alloc_small(&self, sp: &Space, c: Class) -> Option<(*mut u8, bool)> {
         let hint = slot_hint();
-        if let Some(got) = self.pop_from_slot(r, c, hint) {
+        if let Some(got) = self.pop_from_slot(sp, c, hint) {
             return Some(got);
         }
-        self.alloc_small_slow(r, c, hint)
+        self.alloc_small_slow(sp, c, hint)
     }
 
     /// Takes slot `s`'s chunk, pops a block and puts the chunk back.
     #[inline(always)]
-    fn pop_from_slot(&self, r: &Region, c: Class, s: usize) -> Option<(*mut u8, bool)> {
+    fn pop_from_slot(&self, sp: &Space, c: Class, s: usize) -> Option<(*mut u8, bool)> {
         let slot = self.slot(c, s)?;
         // ORDERING: Acquire pairs with the Release CAS in `put_back`: the previous
         // holder's owner-only writes happen-before ours.
         let v = slot.0.take(Ordering::Acquire);
-        let ci = (v as usize).checked_sub(1)?;
-        self.pop_and_keep(r, c, ci, s)
+        let id = ChunkId(v.checked_sub(1)?);
+        // A slot only ever holds chunks of published regions, which stay published.
+        let r = sp.get(id.region())?;
+        self.pop_and_keep(sp, &r, c, id.chunk(), s)
     }
 
     /// Pops a block from chunk `ci`, which the caller owns, and keeps the chunk in a slot
     /// (or releases it). `None` if the chunk was exhausted (it is then `FULL`).
     #[inline(always)]
-    fn pop_and_keep(&self, r: &Region, c: Class, ci: usize, s: usize) -> Option<(*mut u8, bool)> {
+    fn pop_and_keep(
+        &self,
+        sp: &Space,
+        r: &Region,
+        c: Class,
+        ci: usize,
+        s: usize,
+    ) -> Option<(*mut u8, bool)> {
         let d = r.desc(ci)?;
         let base = r.chunk_base(ci);
         // SAFETY: I1, we own chunk `ci`: it came out of a slot, a claim or the free map.
@@ -130,76 +141,81 @@ impl Heap {
         if !d.mark_live(idx) {
             // A block handed out twice would break I1: drop it (a leak, reported) and
             // keep the heap consistent.
-            self.put_back(r, c, ci, s);
+            self.put_back(sp, r, c, ci, s);
             return None;
         }
-        self.put_back(r, c, ci, s);
+        self.put_back(sp, r, c, ci, s);
         Some((base.wrapping_add((idx as usize) << c.shift()), zero))
     }
 
     #[cold]
     #[inline(never)]
-    fn alloc_small_slow(&self, r: &Region, c: Class, hint: usize) -> Option<(*mut u8, bool)> {
+    fn alloc_small_slow(&self, sp: &Space, c: Class, hint: usize) -> Option<(*mut u8, bool)> {
         // Our own partial list first (the chunks we freed into), then the others'.
-        for k in 0..LISTS {
-            while let Some(ci) = r.partial(c, hint + k).take_any() {
-                let Some(d) = r.desc(ci) else { continue };
-                if d.claim(c) {
-                    if let Some(got) = self.pop_and_keep(r, c, ci, hint) {
-                        return Some(got);
+        for r in sp.all() {
+            for k in 0..LISTS {
+                while let Some(ci) = r.partial(c, hint + k).take_any() {
+                    let Some(d) = r.desc(ci) else { continue };
+                    if d.claim(c) {
+                        if let Some(got) = self.pop_and_keep(sp, &r, c, ci, hint) {
+                            return Some(got);
+                        }
                     }
                 }
             }
         }
-        if let Some(ci) = self.claim_free_near(r, hint) {
-            r.desc(ci)?.format(c);
-            return self.pop_and_keep(r, c, ci, hint);
+        for r in sp.all() {
+            if let Some(ci) = self.claim_free_near(&r, hint) {
+                r.desc(ci)?.format(c);
+                return self.pop_and_keep(sp, &r, c, ci, hint);
+            }
         }
         // Memory is short: use the chunks other threads keep in their slots. (Doing this
         // earlier would make threads steal each other's chunks back and forth.)
         for k in 1..SLOTS {
-            if let Some(got) = self.pop_from_slot(r, c, hint + k) {
+            if let Some(got) = self.pop_from_slot(sp, c, hint + k) {
                 return Some(got);
             }
         }
-        let ci = self.claim_chunks_slow(r, 1)?;
+        let (r, ci) = self.claim_chunks_slow(sp, 1)?;
         r.desc(ci)?.format(c);
-        self.pop_and_keep(r, c, ci, hint)
+        self.pop_and_keep(sp, &r, c, ci, hint)
     }
 
     /// Puts chunk `ci` (which the caller owns) back into slot `s` of class `c`; releases
     /// it if the slot was refilled meanwhile (by a handler that interrupted us, or another
     /// thread). Other slots are left to their own threads.
     #[inline(always)]
-    fn put_back(&self, r: &Region, c: Class, ci: usize, s: usize) {
+    fn put_back(&self, sp: &Space, r: &Region, c: Class, ci: usize, s: usize) {
         if let Some(slot) = self.slot(c, s) {
+            let v = r.chunk_id(ci).0 + 1;
             // ORDERING: Release pairs with the Acquire swap in `pop_from_slot`.
             if slot
                 .0
-                .compare_exchange(0, ci as u32 + 1, Ordering::Release, Ordering::Relaxed)
+                .compare_exchange(0, v, Ordering::Release, Ordering::Relaxed)
                 .is_ok()
             {
                 return;
             }
         }
-        self.release_slow(r, c, ci);
+        self.release_slow(sp, r, c, ci);
     }
 
     /// Gives up chunk `ci`, which the caller owns.
     #[cold]
     #[inline(never)]
-    fn release_slow(&self, r: &Region, c: Class, ci: usize) {
+    fn release_slow(&self, sp: &Space, r: &Region, c: Class, ci: usize) {
         let Some(d) = r.desc(ci) else { return };
         // SAFETY: I1, the caller owns chunk `ci`, which serves `c`.
         match unsafe { d.release(r.chunk_base(ci), c) } {
             Pushed::Listed => r.partial(c, slot_hint()).set(ci),
-            Pushed::Emptied => self.retire(r, ci, Some(c)),
+            Pushed::Emptied => self.retire(sp, r, ci, Some(c)),
             Pushed::Done | Pushed::Rejected => {}
         }
     }
 
     /// Returns chunk `ci`, `EMPTY` and owned by the caller, to the free map.
-    fn retire(&self, r: &Region, ci: usize, c: Option<Class>) {
+    fn retire(&self, sp: &Space, r: &Region, ci: usize, c: Option<Class>) {
         if let Some(d) = r.desc(ci) {
             d.reset(c);
         }
@@ -213,6 +229,7 @@ impl Heap {
         // ORDERING: Relaxed: a statistic.
         self.used_chunks.fetch_sub(1, Ordering::Relaxed);
         r.used().clear(ci);
+        sp.retired(r);
     }
 
     /// Claims one free chunk for the thread with slot hint `hint`. Each hint starts its
@@ -242,22 +259,36 @@ impl Heap {
         Some(ci)
     }
 
-    /// Claims `n` consecutive free chunks, reclaiming idle slot chunks if none are free.
+    /// Claims `n` consecutive free chunks in any region, reclaiming idle slot chunks if
+    /// none are free, and growing the heap as the last resort.
     #[cold]
     #[inline(never)]
-    fn claim_chunks_slow(&self, r: &Region, n: usize) -> Option<usize> {
-        if let Some(ci) = self.claim_free(r, n) {
-            return Some(ci);
+    fn claim_chunks_slow(&self, sp: &Space, n: usize) -> Option<(Region, usize)> {
+        let any = |heap: &Self| {
+            sp.all()
+                .find_map(|r| heap.claim_free(&r, n).map(|ci| (r, ci)))
+        };
+        if let Some(got) = any(self) {
+            return Some(got);
         }
-        if !self.reclaim_slots(r) {
-            return None;
+        // Reclaiming only helps a run that some region could hold.
+        let fits = sp.all().any(|r| r.end() - r.first() >= n);
+        if fits && self.reclaim_slots(sp) {
+            if let Some(got) = any(self) {
+                return Some(got);
+            }
         }
-        self.claim_free(r, n)
+        let r = sp.grow(n)?;
+        match self.claim_free(&r, n) {
+            Some(ci) => Some((r, ci)),
+            // Others took the new region's chunks first; they may have left some elsewhere.
+            None => any(self),
+        }
     }
 
     /// Empties every slot, releasing its chunk, so chunks whose blocks are all free go
     /// back to the free map. Returns whether any chunk was retired.
-    fn reclaim_slots(&self, r: &Region) -> bool {
+    fn reclaim_slots(&self, sp: &Space) -> bool {
         // ORDERING: Relaxed: only compared before and after.
         let before = self.used_chunks.load(Ordering::Relaxed);
         for c in Class::all() {
@@ -267,8 +298,10 @@ impl Heap {
                 };
                 // ORDERING: Acquire, as in `pop_from_slot`: we become the owner.
                 let v = slot.0.swap(0, Ordering::Acquire);
-                if let Some(ci) = (v as usize).checked_sub(1) {
-                    self.release_slow(r, c, ci);
+                if let Some(id) = v.checked_sub(1).map(ChunkId) {
+                    if let Some(r) = sp.get(id.region()) {
+                        self.release_slow(sp, &r, c, id.chunk());
+                    }
                 }
             }
         }
@@ -278,11 +311,11 @@ impl Heap {
 
     #[cold]
     #[inline(never)]
-    fn alloc_span_slow(&self, r: &Region, n: usize) -> Option<(*mut u8, bool)> {
-        if n > r.end() {
+    fn alloc_span_slow(&self, sp: &Space, n: usize) -> Option<(*mut u8, bool)> {
+        if n >= MAX_REGION_CHUNKS {
             return None;
         }
-        let ci = self.claim_chunks_slow(r, n)?;
+        let (r, ci) = self.claim_chunks_slow(sp, n)?;
         let mut zero = true;
         for i in ci..ci + n {
             if let Some(d) = r.desc(i) {
@@ -306,8 +339,9 @@ impl Heap {
 
     /// Frees the block at `ptr`.
     #[inline(always)]
-    pub(crate) fn free(&self, r: &Region, ptr: *mut u8) -> Result<(), Refused> {
-        let (ci, off) = r.locate(ptr).ok_or(Refused::Invalid)?;
+    pub(crate) fn free(&self, sp: &Space, ptr: *mut u8) -> Result<(), Refused> {
+        let (r, ci, off) = sp.find(ptr).ok_or(Refused::Invalid)?;
+        let r = &r;
         let d = r.desc(ci).ok_or(Refused::Invalid)?;
         // ORDERING: Relaxed: the block is live, so its chunk's class cannot change; the
         // user's synchronisation with the allocating thread ordered the class write.
@@ -331,7 +365,7 @@ impl Heap {
                 Ok(())
             }
             Pushed::Emptied => {
-                self.retire(r, ci, Some(c));
+                self.retire(sp, r, ci, Some(c));
                 Ok(())
             }
             Pushed::Rejected => Err(Refused::DoubleFree),
@@ -377,8 +411,8 @@ impl Heap {
     }
 
     /// The usable size of the live block at `ptr`, or 0 if `ptr` is not one.
-    pub(crate) fn usable_size(&self, r: &Region, ptr: *const u8) -> usize {
-        let Some((ci, off)) = r.locate(ptr) else {
+    pub(crate) fn usable_size(&self, sp: &Space, ptr: *const u8) -> usize {
+        let Some((r, ci, off)) = sp.find(ptr) else {
             return 0;
         };
         let Some(d) = r.desc(ci) else { return 0 };
@@ -397,8 +431,8 @@ impl Heap {
     /// Checked mode: whether a request of `size` at `align` would have been served by
     /// the live block at `ptr` (same class, or a span of the same length).
     #[cfg(feature = "checked")]
-    pub(crate) fn matches(&self, r: &Region, ptr: *const u8, size: usize, align: usize) -> bool {
-        let have = self.usable_size(r, ptr);
+    pub(crate) fn matches(&self, sp: &Space, ptr: *const u8, size: usize, align: usize) -> bool {
+        let have = self.usable_size(sp, ptr);
         match fit(size, align) {
             Some(Fit::Small(c)) => have == c.size(),
             Some(Fit::Span(n)) => {
@@ -412,7 +446,7 @@ impl Heap {
     /// caller must move it.
     pub(crate) fn resize_in_place(
         &self,
-        r: &Region,
+        sp: &Space,
         ptr: *mut u8,
         size: usize,
         align: usize,
@@ -420,7 +454,7 @@ impl Heap {
         let Some(want) = fit(size, align) else {
             return false;
         };
-        let Some((ci, off)) = r.locate(ptr) else {
+        let Some((r, ci, off)) = sp.find(ptr) else {
             return false;
         };
         let Some(d) = r.desc(ci) else { return false };
@@ -460,8 +494,15 @@ impl Heap {
         }
     }
 
-    /// Checks every chunk at quiescence (see `SigAlloc::validate`).
-    pub(crate) fn validate(&self, r: &Region) -> Result<(), &'static str> {
+    /// Checks every chunk of every region at quiescence (see `SigAlloc::validate`).
+    pub(crate) fn validate(&self, sp: &Space) -> Result<(), &'static str> {
+        for r in sp.all() {
+            self.validate_region(&r)?;
+        }
+        Ok(())
+    }
+
+    fn validate_region(&self, r: &Region) -> Result<(), &'static str> {
         let used = r.used();
         for ci in r.first()..r.end() {
             let d = r.desc(ci).ok_or("no descriptor")?;
@@ -469,7 +510,7 @@ impl Heap {
             let mut slots = 0;
             for s in self.slots.iter().flatten() {
                 // ORDERING: Relaxed: quiescent.
-                slots += usize::from(s.0.load(Ordering::Relaxed) as usize == ci + 1);
+                slots += usize::from(s.0.load(Ordering::Relaxed) == r.chunk_id(ci).0 + 1);
             }
             if slots > 1 {
                 return Err("a chunk sits in two slots");

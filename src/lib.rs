@@ -18,17 +18,25 @@ mod bitmap;
 mod chunk;
 mod class;
 mod heap;
+#[cfg(feature = "mmap")]
+mod mapped;
+#[cfg(feature = "mmap")]
+mod os;
 mod region;
 mod stats;
 mod sync;
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
 use core::ptr;
 
 use heap::Heap;
-use region::Region;
+use region::{Region, Registry, Space};
 
+#[cfg(feature = "mmap")]
+pub use mapped::{HUGE_SLOTS, HUGE_THRESHOLD, MAX_REGION, MIN_REGION, RELEASE_EVERY};
+pub use region::{ClaimError, MAX_REGIONS};
 pub use stats::{ClassStats, Json, Stats, CLASS_COUNT};
 #[cfg(loom)]
 #[doc(hidden)]
@@ -62,6 +70,8 @@ static_assertions::const_assert_eq!(core::mem::align_of::<Arena<0>>(), class::CH
 pub struct SigAlloc<const HEAP: usize = DEFAULT_HEAP> {
     arena: Arena<HEAP>,
     heap: Heap,
+    /// Claimed and mapped regions.
+    regs: Registry,
     /// Checked mode: the error hook, a `fn(ErrorKind, *mut u8)` (null: none).
     #[cfg(feature = "checked")]
     hook: sync::FnCell,
@@ -104,6 +114,7 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         SigAlloc {
             arena: Arena(UnsafeCell::new([0; HEAP])),
             heap: Heap::new(),
+            regs: Registry::new(),
             #[cfg(feature = "checked")]
             hook: sync::FnCell::new(),
         }
@@ -115,6 +126,7 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         let a = SigAlloc {
             arena: Arena(UnsafeCell::new([0; HEAP])),
             heap: Heap::new(),
+            regs: Registry::new(),
         };
         // SAFETY: the arena is ours alone; loom atomics are plain handles that move with
         // the bytes holding them.
@@ -129,9 +141,21 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         unsafe { Region::new(self.arena.0.get().cast(), HEAP) }
     }
 
+    /// Every region: the inline heap, then claimed and mapped ones.
+    #[inline(always)]
+    fn space(&self) -> Space<'_> {
+        Space::new(self.region(), &self.regs)
+    }
+
     #[inline(always)]
     fn alloc_at(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
-        match self.heap.alloc(&self.region(), size, align) {
+        #[cfg(feature = "mmap")]
+        if size >= HUGE_THRESHOLD && align <= MAX_ALIGN {
+            if let Some(p) = self.alloc_huge(size) {
+                return p; // a fresh mapping: already zero
+            }
+        }
+        match self.heap.alloc(&self.space(), size, align) {
             Some((p, clean)) => {
                 if zeroed && !clean {
                     // SAFETY: I1, the block is ours and at least `size` bytes long.
@@ -152,6 +176,67 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
                 ptr::null_mut()
             }
         }
+    }
+
+    #[cfg(feature = "mmap")]
+    #[cold]
+    #[inline(never)]
+    fn alloc_huge(&self, size: usize) -> Option<*mut u8> {
+        if !self.regs.os.enabled() {
+            return None;
+        }
+        mapped::huge_alloc(&self.space(), size)
+    }
+
+    /// Hands `region` (caller RAM: a memory bank, a static buffer) to the allocator for
+    /// good, at run time, while other threads may be allocating. Any alignment and size
+    /// will do: the start is rounded up to [`CHUNK_SIZE`], the end down, and the first
+    /// chunks hold the region's side table. Returns the bytes that now serve
+    /// allocations, or why none do (the region is then left untouched).
+    ///
+    /// Lock-free, like everything else: a thread stopped inside `claim` delays only
+    /// its own region. At most [`MAX_REGIONS`] regions (claimed and mapped together).
+    pub fn claim(&self, region: &'static mut [MaybeUninit<u8>]) -> Result<usize, ClaimError> {
+        let len = region.len();
+        // SAFETY: the `'static mut` borrow gives us the memory for good, to no one else.
+        let r = unsafe { self.space().claim(region.as_mut_ptr().cast(), len) }?;
+        Ok(Heap::heap_bytes(&r))
+    }
+
+    /// Lets the heap grow by mapping memory from the OS when its regions run dry, and
+    /// maps requests of [`HUGE_THRESHOLD`] bytes or more one per mapping (off until
+    /// called, like `AO_malloc_enable_mmap`). See the crate docs for growth, huge
+    /// blocks and when free memory goes back to the OS.
+    #[cfg(feature = "mmap")]
+    pub fn enable_mmap(&self) {
+        self.regs.os.enable();
+    }
+
+    /// Whether [`enable_mmap`](Self::enable_mmap) was called.
+    #[cfg(feature = "mmap")]
+    pub fn mmap_enabled(&self) -> bool {
+        self.regs.os.enabled()
+    }
+
+    /// Gives every free chunk of the mapped regions back to the OS now (the automatic
+    /// release waits until a chunk has stayed free through two passes). Returns the
+    /// bytes given back. Lock-free, like the rest, but it walks every mapped region.
+    #[cfg(feature = "mmap")]
+    pub fn trim(&self) -> usize {
+        mapped::release_pass(&self.space(), true)
+    }
+
+    /// Checked mode: whether the live block at `ptr` could have come from `layout`.
+    #[cfg(feature = "checked")]
+    fn layout_matches(&self, ptr: *mut u8, layout: Layout) -> bool {
+        let sp = self.space();
+        #[cfg(feature = "mmap")]
+        if sp.find(ptr).is_none() {
+            // A huge block (the caller checked that `ptr` is live).
+            let have = mapped::huge_size(&sp, ptr);
+            return layout.size() <= have && layout.size() > have / 2;
+        }
+        self.heap.matches(&sp, ptr, layout.size(), layout.align())
     }
 
     /// Checked mode: installs `hook` to hear of every refused call (`None` removes it).
@@ -221,9 +306,17 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         size: usize,
         align: usize,
     ) -> *mut u8 {
-        let r = self.region();
-        if self.heap.resize_in_place(&r, ptr, size, align) {
+        let sp = self.space();
+        if self.heap.resize_in_place(&sp, ptr, size, align) {
             return ptr;
+        }
+        #[cfg(feature = "mmap")]
+        if sp.find(ptr).is_none() {
+            // A huge block keeps its mapping when it shrinks by at most half.
+            let have = mapped::huge_size(&sp, ptr);
+            if size <= have && size > have / 2 && align <= MAX_ALIGN {
+                return ptr;
+            }
         }
         let new = self.alloc_at(size, align, false);
         if !new.is_null() {
@@ -245,7 +338,13 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     #[inline]
     pub unsafe fn free(&self, ptr: *mut u8) {
         if !ptr.is_null() {
-            let refused = self.heap.free(&self.region(), ptr);
+            let sp = self.space();
+            let refused = self.heap.free(&sp, ptr);
+            #[cfg(feature = "mmap")]
+            let refused = match refused {
+                Err(heap::Refused::Invalid) if mapped::huge_free(&sp, ptr) => Ok(()),
+                other => other,
+            };
             #[cfg(feature = "checked")]
             if let Err(why) = refused {
                 self.report(
@@ -264,21 +363,46 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     /// Bytes usable at `ptr` (at least what was asked for), or 0 if `ptr` is not a live
     /// block of this allocator.
     pub fn usable_size(&self, ptr: *const u8) -> usize {
-        self.heap.usable_size(&self.region(), ptr)
+        let sp = self.space();
+        let n = self.heap.usable_size(&sp, ptr);
+        #[cfg(feature = "mmap")]
+        if n == 0 && sp.find(ptr).is_none() {
+            return mapped::huge_size(&sp, ptr);
+        }
+        n
     }
 
     /// The usable size a request of `size` bytes would get, or 0 if this heap could
     /// never serve it.
     pub fn good_size(&self, size: usize) -> usize {
-        match class::good_size(size) {
-            Some(n) if n <= Heap::heap_bytes(&self.region()) => n,
-            _ => 0,
+        let Some(n) = class::good_size(size) else {
+            return 0;
+        };
+        #[cfg(feature = "mmap")]
+        if self.regs.os.enabled() {
+            return if size >= HUGE_THRESHOLD {
+                size.next_multiple_of(CHUNK_SIZE)
+            } else {
+                n
+            };
+        }
+        let sp = self.space();
+        if sp.all().any(|r| n <= Heap::heap_bytes(&r)) {
+            n
+        } else {
+            0
         }
     }
 
-    /// Whether `ptr` points into this allocator's heap.
+    /// Whether `ptr` points into memory this allocator manages: its heap, a claimed or
+    /// mapped region, or a live huge block.
     pub fn owns(&self, ptr: *const u8) -> bool {
-        self.region().contains(ptr)
+        let sp = self.space();
+        #[cfg(feature = "mmap")]
+        if sp.find(ptr).is_none() && mapped::huge_size(&sp, ptr) > 0 {
+            return true;
+        }
+        sp.find(ptr).is_some()
     }
 
     /// Walks the whole heap and checks its invariants (I1: each chunk in one state, in
@@ -286,43 +410,63 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     /// inside the allocator; for tests.
     #[doc(hidden)]
     pub fn validate(&self) -> Result<(), &'static str> {
-        self.heap.validate(&self.region())
+        self.heap.validate(&self.space())
     }
 
     /// A snapshot of the heap: exact when no thread is inside the allocator.
     pub fn stats(&self) -> Stats {
-        let r = self.region();
+        let sp = self.space();
         let mut s = Stats {
-            heap_bytes: Heap::heap_bytes(&r),
-            chunks_total: r.end() - r.first(),
             peak_bytes: self.heap.peak_chunks() * CHUNK_SIZE,
             ..Stats::default()
         };
         for (c, out) in class::Class::all().zip(s.classes.iter_mut()) {
             out.block_size = c.size();
         }
-        s.chunks_used = r.used().count(r.first(), r.end());
-        for ci in r.first()..r.end() {
-            let Some(d) = r.desc(ci) else { continue };
-            if let Some(c) = Heap::chunk_class(&r, ci) {
-                let free = d.free_blocks(c) as usize;
-                let in_use = c.capacity() as usize - free;
-                if let Some(out) = s.classes.get_mut(c.id()) {
-                    out.chunks += 1;
-                    out.blocks_free += free;
-                    out.blocks_in_use += in_use;
+        for r in sp.all() {
+            let bytes = Heap::heap_bytes(&r);
+            s.heap_bytes += bytes;
+            s.chunks_total += r.end() - r.first();
+            s.chunks_used += r.used().count(r.first(), r.end());
+            if r.id() != 0 {
+                s.regions += 1;
+                if r.mapped() {
+                    s.mapped_regions += 1;
+                    s.mapped_bytes += r.end() * CHUNK_SIZE;
+                } else {
+                    s.claimed_bytes += bytes;
                 }
-                s.bytes_in_use += in_use * c.size();
-            } else {
-                let n = self.heap.usable_size(&r, r.chunk_base(ci));
-                if n > 0 {
-                    s.spans += 1;
-                    s.span_chunks += n / CHUNK_SIZE;
-                    s.bytes_in_use += n;
+            }
+            for ci in r.first()..r.end() {
+                let Some(d) = r.desc(ci) else { continue };
+                if let Some(c) = Heap::chunk_class(&r, ci) {
+                    let free = d.free_blocks(c) as usize;
+                    let in_use = c.capacity() as usize - free;
+                    if let Some(out) = s.classes.get_mut(c.id()) {
+                        out.chunks += 1;
+                        out.blocks_free += free;
+                        out.blocks_in_use += in_use;
+                    }
+                    s.bytes_in_use += in_use * c.size();
+                } else {
+                    let n = self.heap.usable_size(&sp, r.chunk_base(ci));
+                    if n > 0 {
+                        s.spans += 1;
+                        s.span_chunks += n / CHUNK_SIZE;
+                        s.bytes_in_use += n;
+                    }
                 }
             }
         }
         s.chunks_free = s.chunks_total - s.chunks_used.min(s.chunks_total);
+        #[cfg(feature = "mmap")]
+        {
+            let k = self.regs.os.counts();
+            s.huge_mappings = k.huge_live;
+            s.huge_bytes = k.huge_bytes;
+            s.released_bytes = k.released;
+            s.bytes_in_use += k.huge_bytes;
+        }
         s
     }
 }
@@ -349,12 +493,7 @@ unsafe impl<const HEAP: usize> GlobalAlloc for SigAlloc<HEAP> {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         #[cfg(feature = "checked")]
-        if !ptr.is_null()
-            && self.usable_size(ptr) != 0
-            && !self
-                .heap
-                .matches(&self.region(), ptr, layout.size(), layout.align())
-        {
+        if !ptr.is_null() && self.usable_size(ptr) != 0 && !self.layout_matches(ptr, layout) {
             self.report(ErrorKind::LayoutMismatch, ptr);
             return;
         }

@@ -11,25 +11,75 @@
 //! ```
 //!
 //! All-zero metadata is the valid initial state (every chunk free, nothing listed), so
-//! a `static` heap needs no initialisation and stays in `.bss`.
+//! a `static` heap needs no initialisation and stays in `.bss`, and a fresh anonymous
+//! mapping needs none either. Claimed RAM has its metadata zeroed once, before it is
+//! published.
 //!
-//! Depends on: `sync`, `bitmap`, `chunk`, `class`. Upholds I1 (each chunk index names
-//! one descriptor and one stretch of memory).
+//! # More than one region
+//! Region 0 is the heap inside `SigAlloc`. Regions 1..=[`MAX_REGIONS`] are claimed RAM
+//! (`SigAlloc::claim`) and, with the `mmap` feature, mapped regions. They sit in a
+//! fixed [`Registry`] that only grows: an entry is reserved by one CAS on the count,
+//! filled, then published by one Release store of its base. A thread stopped between
+//! the two only hides its own region; nobody waits for it (I4). Entries are never
+//! removed, so a region found once stays valid for the life of the allocator.
+//!
+//! A chunk is named across regions by a [`ChunkId`]: region id and chunk index in one
+//! `u32`, so the active slots stay single words (I2).
+//!
+//! Pointer -> region: the static heap first (one compare, constant-folded), then the
+//! registry newest first. Mapped regions grow geometrically (see `mapped.rs`), so the
+//! newest region holds most of the memory and the walk is short; it is bounded by
+//! `MAX_REGIONS` in any case. Inside a region, pointer -> chunk is a shift.
+//!
+//! Depends on: `sync`, `bitmap`, `chunk`, `class`. Upholds I1 (each chunk id names one
+//! descriptor and one stretch of memory), I2, I4.
 
 use core::mem::{align_of, size_of};
 
 use crate::bitmap::Bitmap;
 use crate::chunk::Desc;
 use crate::class::{Class, CHUNK, CHUNK_SHIFT, NCLASSES};
-use crate::sync::AtomicUsize;
+use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Partial-chunk lists per class. Each active slot has its own, so a thread lists the
 /// chunks it frees into under its own stack hash and takes them back from there first:
 /// threads on different slots then share no bitmap word.
 pub(crate) const LISTS: usize = 4;
 
-/// Bitmaps in a region's metadata: the used map, then `LISTS` partial maps per class.
-const MAPS: usize = 1 + NCLASSES * LISTS;
+/// Bitmaps in a region's metadata: the used map, the idle map (free chunks seen by the
+/// last release pass, `mapped.rs`), then `LISTS` partial maps per class.
+const MAPS: usize = 2 + NCLASSES * LISTS;
+
+/// Regions the registry holds besides the static heap.
+pub const MAX_REGIONS: usize = 63;
+
+/// Bits of a [`ChunkId`] that hold the chunk index.
+const INDEX_BITS: u32 = 24;
+
+/// The most chunks one region can have (a longer claim or mapping is cut to this).
+pub(crate) const MAX_REGION_CHUNKS: usize = 1 << INDEX_BITS;
+
+// Region ids 0..=MAX_REGIONS and the +1 of a slot value fit in a u32 chunk id.
+static_assertions::const_assert!(MAX_REGIONS < (1 << (32 - INDEX_BITS)) - 1);
+
+/// A chunk anywhere in the allocator: region id in the top 8 bits, chunk index below.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct ChunkId(pub(crate) u32);
+
+impl ChunkId {
+    #[inline(always)]
+    pub(crate) fn new(region: usize, chunk: usize) -> ChunkId {
+        ChunkId(((region << INDEX_BITS) | chunk) as u32)
+    }
+    #[inline(always)]
+    pub(crate) fn region(self) -> usize {
+        (self.0 >> INDEX_BITS) as usize
+    }
+    #[inline(always)]
+    pub(crate) fn chunk(self) -> usize {
+        (self.0 & ((1 << INDEX_BITS) - 1)) as usize
+    }
+}
 
 /// Bytes of metadata for a region of `n` chunks, and where the descriptors start.
 const fn layout(n: usize) -> (usize, usize) {
@@ -49,6 +99,10 @@ pub(crate) struct Region {
     base: *mut u8,
     n: usize,
     first: usize,
+    /// Its id in the registry (0: the static heap).
+    id: usize,
+    /// Whether it is an anonymous mapping, whose free chunks may be given back.
+    mapped: bool,
 }
 
 impl Region {
@@ -61,7 +115,10 @@ impl Region {
     ///   then on changed only through `Region`s over the same memory.
     #[inline(always)]
     pub(crate) const unsafe fn new(base: *mut u8, len: usize) -> Region {
-        let n = len >> CHUNK_SHIFT;
+        let mut n = len >> CHUNK_SHIFT;
+        if n > MAX_REGION_CHUNKS {
+            n = MAX_REGION_CHUNKS;
+        }
         let first = meta_chunks(n);
         if first >= n {
             // Too small to hold even one chunk beside its metadata: an empty region
@@ -70,19 +127,42 @@ impl Region {
                 base,
                 n: 0,
                 first: 0,
+                id: 0,
+                mapped: false,
             };
         }
-        Region { base, n, first }
+        Region {
+            base,
+            n,
+            first,
+            id: 0,
+            mapped: false,
+        }
     }
 
-    /// Writes fresh metadata: under loom, whose atomics are not plain integers, zeroed
-    /// memory is not enough.
+    /// Writes fresh metadata. Zeroed memory is enough everywhere but under loom, whose
+    /// atomics are not plain integers.
     ///
     /// # Safety
     /// - as for [`Region::new`], and no other thread uses the region yet.
-    #[cfg(loom)]
     pub(crate) unsafe fn init(&self) {
-        let (_, desc_at) = layout(self.n);
+        let (meta, desc_at) = layout(self.n);
+        // SAFETY: the metadata area is `meta` bytes at `base`, inside the region, which
+        // no other thread uses yet; all-zero is its valid initial state.
+        unsafe { self.base.write_bytes(0, meta) };
+        #[cfg(loom)]
+        // SAFETY: forwarded.
+        unsafe {
+            self.init_loom(desc_at)
+        };
+        #[cfg(not(loom))]
+        let _ = desc_at;
+    }
+
+    /// # Safety
+    /// - as for [`Region::init`].
+    #[cfg(loom)]
+    unsafe fn init_loom(&self, desc_at: usize) {
         let words = Bitmap::words_for(self.n) * MAPS;
         for i in 0..words {
             let p = self
@@ -101,6 +181,25 @@ impl Region {
             // SAFETY: as above; `desc_at` is aligned for `Desc`.
             unsafe { p.write(Desc::new()) };
         }
+    }
+
+    /// Its registry id (0: the static heap).
+    #[inline(always)]
+    pub(crate) fn id(&self) -> usize {
+        self.id
+    }
+
+    /// Whether it is an anonymous mapping.
+    #[inline(always)]
+    #[allow(dead_code)]
+    pub(crate) fn mapped(&self) -> bool {
+        self.mapped
+    }
+
+    /// The id of its chunk `i`.
+    #[inline(always)]
+    pub(crate) fn chunk_id(&self, i: usize) -> ChunkId {
+        ChunkId::new(self.id, i)
     }
 
     /// First chunk index that serves allocations.
@@ -131,10 +230,17 @@ impl Region {
         Bitmap::new(self.words(0), self.n)
     }
 
+    /// The idle map: free chunks the last release pass saw (`mapped.rs`).
+    #[inline(always)]
+    #[allow(dead_code)]
+    pub(crate) fn idle(&self) -> Bitmap<'_> {
+        Bitmap::new(self.words(1), self.n)
+    }
+
     /// Partial-chunk map `list` (taken modulo [`LISTS`]) of `class`.
     #[inline(always)]
     pub(crate) fn partial(&self, class: Class, list: usize) -> Bitmap<'_> {
-        Bitmap::new(self.words(1 + class.id() * LISTS + list % LISTS), self.n)
+        Bitmap::new(self.words(2 + class.id() * LISTS + list % LISTS), self.n)
     }
 
     /// The descriptor of chunk `i` (`i < end()`).
@@ -171,9 +277,236 @@ impl Region {
         }
         Some((i, off & (CHUNK - 1)))
     }
+}
 
-    /// Whether `ptr` is anywhere in this region's allocatable chunks.
-    pub(crate) fn contains(&self, ptr: *const u8) -> bool {
-        self.locate(ptr).is_some()
+/// Why [`Space::claim`] refused a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimError {
+    /// After aligning its start to [`crate::CHUNK_SIZE`], the region cannot hold its
+    /// side table and one chunk.
+    TooSmall,
+    /// The registry already holds [`MAX_REGIONS`] regions.
+    Full,
+}
+
+/// One registry entry: published when `base` turns non-null.
+struct Entry {
+    base: AtomicPtr,
+    /// Length in bytes (a multiple of `CHUNK`), bit 0 set for a mapped region.
+    len: AtomicUsize,
+}
+
+/// The regions besides the static heap (see the module docs).
+pub(crate) struct Registry {
+    /// Entries reserved so far (some may not be published yet).
+    reserved: AtomicUsize,
+    entries: [Entry; MAX_REGIONS],
+    /// What the `mmap` feature keeps: its switch, counters and huge blocks.
+    #[cfg(feature = "mmap")]
+    pub(crate) os: crate::mapped::State,
+}
+
+impl Registry {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Registry {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const ENTRY: Entry = Entry {
+            base: AtomicPtr::null(),
+            len: AtomicUsize::new(0),
+        };
+        Registry {
+            reserved: AtomicUsize::new(0),
+            entries: [ENTRY; MAX_REGIONS],
+            #[cfg(feature = "mmap")]
+            os: crate::mapped::State::new(),
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Registry {
+        Registry {
+            reserved: AtomicUsize::new(0),
+            entries: core::array::from_fn(|_| Entry {
+                base: AtomicPtr::null(),
+                len: AtomicUsize::new(0),
+            }),
+            #[cfg(feature = "mmap")]
+            os: crate::mapped::State::new(),
+        }
+    }
+}
+
+/// Every region of one allocator: its static heap and its registry.
+#[derive(Clone, Copy)]
+pub(crate) struct Space<'a> {
+    home: Region,
+    reg: &'a Registry,
+}
+
+impl<'a> Space<'a> {
+    #[inline(always)]
+    pub(crate) fn new(home: Region, reg: &'a Registry) -> Space<'a> {
+        Space { home, reg }
+    }
+
+    /// The registry (for what the `mmap` feature keeps there).
+    #[allow(dead_code)]
+    pub(crate) fn registry(&self) -> &'a Registry {
+        self.reg
+    }
+
+    /// One past the highest region id that may be in use.
+    #[inline(always)]
+    pub(crate) fn ids(&self) -> usize {
+        // ORDERING: Relaxed: an entry is only used once its base is seen (Acquire).
+        1 + self.reg.reserved.load(Ordering::Relaxed).min(MAX_REGIONS)
+    }
+
+    /// Region `id`, if it is published.
+    #[inline(always)]
+    pub(crate) fn get(&self, id: usize) -> Option<Region> {
+        if id == 0 {
+            return Some(self.home);
+        }
+        let e = self.reg.entries.get(id - 1)?;
+        // ORDERING: Acquire pairs with the Release store in `add`: the entry's length
+        // and the region's metadata are visible once the base is.
+        let base = e.base.load(Ordering::Acquire);
+        if base.is_null() {
+            return None;
+        }
+        // ORDERING: Relaxed: ordered by the Acquire above.
+        let len = e.len.load(Ordering::Relaxed);
+        // SAFETY: `add`'s contract: `base` is CHUNK-aligned, valid for `len` bytes for
+        // the allocator's life, and its metadata was initialised before publication.
+        let mut r = unsafe { Region::new(base, len & !(CHUNK - 1)) };
+        r.id = id;
+        r.mapped = len & 1 != 0;
+        Some(r)
+    }
+
+    /// Every published region, the static heap first.
+    pub(crate) fn all(&self) -> impl Iterator<Item = Region> + 'a {
+        let me = *self;
+        (0..self.ids()).filter_map(move |id| me.get(id))
+    }
+
+    /// The region whose allocatable chunks hold `ptr`, with the chunk and the offset.
+    #[inline(always)]
+    pub(crate) fn find(&self, ptr: *const u8) -> Option<(Region, usize, usize)> {
+        if let Some((ci, off)) = self.home.locate(ptr) {
+            return Some((self.home, ci, off));
+        }
+        self.find_other(ptr)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn find_other(&self, ptr: *const u8) -> Option<(Region, usize, usize)> {
+        // Newest first: mapped regions grow geometrically, so the newest holds most.
+        (1..self.ids()).rev().find_map(|id| {
+            let r = self.get(id)?;
+            let (ci, off) = r.locate(ptr)?;
+            Some((r, ci, off))
+        })
+    }
+
+    /// Registers `len` bytes at `base` as a new region.
+    ///
+    /// # Safety
+    /// - `base` is CHUNK-aligned and valid for reads and writes of `len` bytes for the
+    ///   allocator's life, used by nothing else, and its metadata is initialised
+    ///   ([`Region::init`], or zero-filled memory outside loom).
+    pub(crate) unsafe fn add(
+        &self,
+        base: *mut u8,
+        len: usize,
+        mapped: bool,
+    ) -> Result<Region, ClaimError> {
+        // SAFETY: forwarded from our caller.
+        let r = unsafe { Region::new(base, len) };
+        if r.end() == 0 {
+            return Err(ClaimError::TooSmall);
+        }
+        let len = r.end() << CHUNK_SHIFT;
+        // Reserve an entry: a CAS on the count, so a full registry stays at its size.
+        // ORDERING: Relaxed: the reservation publishes nothing (the base store does).
+        let mut i = self.reg.reserved.load(Ordering::Relaxed);
+        loop {
+            if i >= MAX_REGIONS {
+                return Err(ClaimError::Full);
+            }
+            match self
+                .reg
+                .reserved
+                .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => i = now,
+            }
+        }
+        let e = self.reg.entries.get(i).ok_or(ClaimError::Full)?;
+        // ORDERING: Relaxed: published by the Release store of the base below.
+        e.len.store(len | usize::from(mapped), Ordering::Relaxed);
+        // ORDERING: Release pairs with the Acquire load in `get`: the metadata and the
+        // length are visible to whoever sees the base.
+        e.base.store(base, Ordering::Release);
+        let mut r = r;
+        r.id = i + 1;
+        r.mapped = mapped;
+        Ok(r)
+    }
+
+    /// Takes `len` bytes of caller memory at `start` (any alignment) as a new region:
+    /// aligns it, writes its metadata and registers it.
+    ///
+    /// # Safety
+    /// - `start` is valid for reads and writes of `len` bytes for the allocator's life
+    ///   and used by nothing else.
+    pub(crate) unsafe fn claim(&self, start: *mut u8, len: usize) -> Result<Region, ClaimError> {
+        let skip = start.align_offset(CHUNK);
+        if skip >= len {
+            return Err(ClaimError::TooSmall);
+        }
+        let base = start.wrapping_add(skip);
+        let len = ((len - skip) >> CHUNK_SHIFT).min(MAX_REGION_CHUNKS) << CHUNK_SHIFT;
+        // SAFETY: `base..base + len` lies inside the caller's memory and is CHUNK-aligned.
+        let r = unsafe { Region::new(base, len) };
+        if r.end() == 0 {
+            return Err(ClaimError::TooSmall);
+        }
+        if self.ids() > MAX_REGIONS {
+            return Err(ClaimError::Full);
+        }
+        // SAFETY: the memory is ours alone until `add` publishes it.
+        unsafe { r.init() };
+        // SAFETY: as above, with its metadata initialised.
+        unsafe { self.add(base, len, false) }
+    }
+
+    /// A new region of at least `chunks` allocatable chunks, if growth is on and the OS
+    /// gives memory (only with the `mmap` feature).
+    #[inline(never)]
+    pub(crate) fn grow(&self, chunks: usize) -> Option<Region> {
+        #[cfg(feature = "mmap")]
+        {
+            crate::mapped::grow(self, chunks)
+        }
+        #[cfg(not(feature = "mmap"))]
+        {
+            let _ = chunks;
+            None
+        }
+    }
+
+    /// Called when a chunk of `r` has been returned to its free map.
+    #[inline(always)]
+    pub(crate) fn retired(&self, r: &Region) {
+        #[cfg(feature = "mmap")]
+        if r.mapped {
+            crate::mapped::retired(self);
+        }
+        #[cfg(not(feature = "mmap"))]
+        let _ = r;
     }
 }

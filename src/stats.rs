@@ -45,6 +45,20 @@ pub struct Stats {
     pub span_chunks: usize,
     /// Per class, smallest first.
     pub classes: [ClassStats; CLASS_COUNT],
+    /// Regions besides the inline heap (claimed and mapped).
+    pub regions: usize,
+    /// Allocatable bytes of claimed regions (included in `heap_bytes`).
+    pub claimed_bytes: usize,
+    /// Regions mapped from the OS to grow the heap (feature `mmap`).
+    pub mapped_regions: usize,
+    /// Bytes of those regions, side tables included.
+    pub mapped_bytes: usize,
+    /// Live huge blocks, each in a mapping of its own (feature `mmap`).
+    pub huge_mappings: usize,
+    /// Bytes of those mappings (header pages included; counted in `bytes_in_use`).
+    pub huge_bytes: usize,
+    /// Bytes of free chunks given back to the OS so far (feature `mmap`).
+    pub released_bytes: usize,
 }
 
 impl fmt::Display for Stats {
@@ -61,6 +75,19 @@ impl fmt::Display for Stats {
             self.spans,
             self.span_chunks
         )?;
+        if self.regions > 0 || self.huge_mappings > 0 || self.released_bytes > 0 {
+            writeln!(
+                f,
+                "  regions {} ({} mapped, {} KiB; {} KiB claimed); huge {} ({} KiB); released {} KiB",
+                self.regions,
+                self.mapped_regions,
+                self.mapped_bytes / 1024,
+                self.claimed_bytes / 1024,
+                self.huge_mappings,
+                self.huge_bytes / 1024,
+                self.released_bytes / 1024
+            )?;
+        }
         for c in self.classes.iter().filter(|c| c.chunks > 0) {
             writeln!(
                 f,
@@ -87,8 +114,13 @@ impl fmt::Display for Json<'_> {
         let s = self.0;
         write!(
             f,
-            "{{\"heap_bytes\":{},\"bytes_in_use\":{},\"peak_bytes\":{},\"chunks_total\":{},\"chunks_free\":{},\"chunks_used\":{},\"spans\":{},\"span_chunks\":{},\"classes\":[",
+            "{{\"heap_bytes\":{},\"bytes_in_use\":{},\"peak_bytes\":{},\"chunks_total\":{},\"chunks_free\":{},\"chunks_used\":{},\"spans\":{},\"span_chunks\":{},",
             s.heap_bytes, s.bytes_in_use, s.peak_bytes, s.chunks_total, s.chunks_free, s.chunks_used, s.spans, s.span_chunks
+        )?;
+        write!(
+            f,
+            "\"regions\":{},\"claimed_bytes\":{},\"mapped_regions\":{},\"mapped_bytes\":{},\"huge_mappings\":{},\"huge_bytes\":{},\"released_bytes\":{},\"classes\":[",
+            s.regions, s.claimed_bytes, s.mapped_regions, s.mapped_bytes, s.huge_mappings, s.huge_bytes, s.released_bytes
         )?;
         for (i, c) in s.classes.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };

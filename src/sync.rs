@@ -186,6 +186,44 @@ impl AtomicU32 {
 }
 atomic_word!(AtomicUsize, AtomicUsize, usize);
 
+/// A shared pointer word (a region's base, a huge block's address): kept as a pointer
+/// so whoever loads it keeps the provenance of the memory it names.
+#[repr(transparent)]
+pub(crate) struct AtomicPtr(imp::AtomicPtr<u8>);
+
+#[allow(dead_code)]
+impl AtomicPtr {
+    #[cfg(not(loom))]
+    pub(crate) const fn null() -> Self {
+        AtomicPtr(imp::AtomicPtr::new(core::ptr::null_mut()))
+    }
+    #[cfg(loom)]
+    pub(crate) fn null() -> Self {
+        AtomicPtr(imp::AtomicPtr::new(core::ptr::null_mut()))
+    }
+    #[inline(always)]
+    pub(crate) fn load(&self, o: Ordering) -> *mut u8 {
+        step(0);
+        self.0.load(o)
+    }
+    #[inline(always)]
+    pub(crate) fn store(&self, v: *mut u8, o: Ordering) {
+        step(1);
+        self.0.store(v, o)
+    }
+    #[inline(always)]
+    pub(crate) fn compare_exchange(
+        &self,
+        current: *mut u8,
+        new: *mut u8,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<*mut u8, *mut u8> {
+        step(2);
+        self.0.compare_exchange(current, new, success, failure)
+    }
+}
+
 /// A cell holding an optional function pointer (an error hook), kept as a pointer so
 /// that calling it keeps provenance.
 pub(crate) struct FnCell(imp::AtomicPtr<()>);
