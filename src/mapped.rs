@@ -8,7 +8,8 @@
 //! threads that find the heap dry at once may both map; both regions are registered and
 //! used. Only a mapping the registry has no room for is unmapped at once. A region is
 //! at least [`MIN_REGION`] and about as large as everything mapped so far (the heap
-//! doubles), capped at [`MAX_REGION`], so a few regions cover any heap and the pointer ->
+//! doubles), capped at [`MAX_REGION`]; if the OS refuses that, just what the request
+//! needs. So a few regions cover any heap and the pointer ->
 //! region walk stays short. Regions are never unmapped: a stale reader could not fault
 //! on one, since none exists (I3), but keeping them costs only address space.
 //!
@@ -19,6 +20,9 @@
 //! how `free` and `usable_size` know the pointer without reading memory that might not
 //! be mapped. Entries go null -> pointer -> tombstone -> pointer ..., never back to
 //! null, so a lookup that stops at null cannot miss a live entry; each change is one CAS.
+//! The price: once every entry has been used, a lookup of a page-aligned address that
+//! is not a huge block walks the whole table (a few µs; only `owns`, `usable_size` or
+//! an invalid `free` of such an address do that).
 //! Free unmaps the whole mapping at once.
 //!
 //! # Giving memory back
@@ -125,6 +129,9 @@ impl State {
 
     /// The table entry holding `p`, if `p` is a live huge block.
     fn find(&self, p: *const u8) -> Option<&AtomicPtr> {
+        if p.addr() % CHUNK != 0 {
+            return None; // huge blocks start on a page
+        }
         for e in self.probe(p) {
             // ORDERING: Acquire pairs with the Release CAS in `insert`: the header is
             // visible once the entry is.
@@ -171,10 +178,15 @@ pub(crate) fn grow(sp: &Space, chunks: usize) -> Option<Region> {
         .mapped_bytes
         .load(Ordering::Relaxed)
         .clamp(MIN_REGION, MAX_REGION);
-    let len = (n << CHUNK_SHIFT)
-        .max(target)
-        .min(MAX_REGION_CHUNKS << CHUNK_SHIFT);
-    let base = os::map(len)?;
+    let need = n << CHUNK_SHIFT;
+    let want = need.max(target).min(MAX_REGION_CHUNKS << CHUNK_SHIFT);
+    // If the OS refuses the doubling size (an address-space limit), what the request
+    // needs may still fit.
+    let (base, len) = match os::map(want) {
+        Some(base) => (base, want),
+        None if need < want => (os::map(need)?, need),
+        None => return None,
+    };
     if base.addr() % CHUNK != 0 {
         // SAFETY: our own fresh mapping, unused.
         unsafe { os::unmap(base, len) };
