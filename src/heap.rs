@@ -278,11 +278,18 @@ impl Heap {
                 return Some(got);
             }
         }
-        let r = sp.grow(n)?;
-        match self.claim_free(&r, n) {
-            Some(ci) => Some((r, ci)),
-            // Others took the new region's chunks first; they may have left some elsewhere.
-            None => any(self),
+        // Others may take a new region's chunks before we do (we may be preempted, or
+        // interrupted by a handler that allocates, right after mapping it): then look
+        // everywhere again and grow again. Each round someone else made progress, and
+        // growth ends when the OS refuses or the registry is full.
+        loop {
+            let r = sp.grow(n)?;
+            if let Some(ci) = self.claim_free(&r, n) {
+                return Some((r, ci));
+            }
+            if let Some(got) = any(self) {
+                return Some(got);
+            }
         }
     }
 
