@@ -26,7 +26,10 @@ fn handler(_: Step) {
         // The region is published; the interrupted malloc has not claimed from it yet.
         ARMED.set(false);
         while A.stats().chunks_free > 0 {
-            assert!(!A.malloc(2048).is_null(), "the handler's own allocation failed");
+            assert!(
+                !A.malloc(2048).is_null(),
+                "the handler's own allocation failed"
+            );
             NESTED.set(NESTED.get() + 1);
         }
     }
@@ -45,7 +48,10 @@ fn allocation_survives_losing_its_new_region() {
     let s = A.stats();
     assert!(NESTED.get() > 0, "the handler never ran inside the growth");
     assert!(!p.is_null(), "malloc returned null with mmap enabled");
-    assert!(s.mapped_regions >= 2, "the allocation should have grown again");
+    assert!(
+        s.mapped_regions >= 2,
+        "the allocation should have grown again"
+    );
     println!(
         "mmap race: handler took {} blocks of the new region; {} regions mapped",
         NESTED.get(),
