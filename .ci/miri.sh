@@ -9,6 +9,9 @@
 # (tests/checked.rs racing_double_frees_free_exactly_once, with_exposed_provenance_mut),
 # which runs with -Zmiri-permissive-provenance.
 #
+# tests/claim.rs runs whole: claimed regions are caller memory with in-band side tables,
+# the riskiest provenance in the crate.
+#
 # The 2 MiB-heap tests (heap_2m::*, phase_change_*) fill the whole default heap
 # (~130k mallocs) and are left to the native test gate. tests/contract.rs runs with
 # --features checked, so checked mode's bookkeeping is under Miri too.
@@ -48,6 +51,7 @@ run "$STRICT" --test contract --features checked -- heap_16k heap_64k bad_input 
     every_alignment stats
 run "$STRICT" --test checked --features checked -- bad_frees
 run "$PERMISSIVE" --test checked --features checked -- racing
+run "$STRICT" --test claim
 
 # Each seed prints its own "test result" line; a test counts once over all seeds.
 # `|| true`: under pipefail a grep that finds nothing (a clean run has no failures)

@@ -117,6 +117,22 @@ impl Heap {
         // holder's owner-only writes happen-before ours.
         let v = slot.0.take(Ordering::Acquire);
         let id = ChunkId(v.checked_sub(1)?);
+        if id.region() == 0 {
+            // The inline heap, spelled out so its constants stay in registers.
+            return self.pop_and_keep(sp, sp.home(), c, id.chunk(), s);
+        }
+        self.pop_elsewhere(sp, c, id, s)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pop_elsewhere(
+        &self,
+        sp: &Space,
+        c: Class,
+        id: ChunkId,
+        s: usize,
+    ) -> Option<(*mut u8, bool)> {
         // A slot only ever holds chunks of published regions, which stay published.
         let r = sp.get(id.region())?;
         self.pop_and_keep(sp, &r, c, id.chunk(), s)
@@ -347,8 +363,23 @@ impl Heap {
     /// Frees the block at `ptr`.
     #[inline(always)]
     pub(crate) fn free(&self, sp: &Space, ptr: *mut u8) -> Result<(), Refused> {
-        let (r, ci, off) = sp.find(ptr).ok_or(Refused::Invalid)?;
-        let r = &r;
+        match sp.home().locate(ptr) {
+            // The inline heap, spelled out so its constants stay in registers.
+            Some((ci, off)) => self.free_at(sp, sp.home(), ci, off),
+            None => self.free_elsewhere(sp, ptr),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_elsewhere(&self, sp: &Space, ptr: *mut u8) -> Result<(), Refused> {
+        let (r, ci, off) = sp.find_other(ptr).ok_or(Refused::Invalid)?;
+        self.free_at(sp, &r, ci, off)
+    }
+
+    /// Frees the block at offset `off` of chunk `ci` of `r`.
+    #[inline(always)]
+    fn free_at(&self, sp: &Space, r: &Region, ci: usize, off: usize) -> Result<(), Refused> {
         let d = r.desc(ci).ok_or(Refused::Invalid)?;
         // ORDERING: Relaxed: the block is live, so its chunk's class cannot change; the
         // user's synchronisation with the allocating thread ordered the class write.

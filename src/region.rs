@@ -99,10 +99,10 @@ pub(crate) struct Region {
     base: *mut u8,
     n: usize,
     first: usize,
-    /// Its id in the registry (0: the static heap).
-    id: usize,
-    /// Whether it is an anonymous mapping, whose free chunks may be given back.
-    mapped: bool,
+    /// Its id in the registry (0: the static heap) times 2, plus 1 if it is an
+    /// anonymous mapping, whose free chunks may be given back. (One word: the hot paths
+    /// copy `Region`s around, and mixed field sizes there cost store-forwarding stalls.)
+    tag: usize,
 }
 
 impl Region {
@@ -127,16 +127,14 @@ impl Region {
                 base,
                 n: 0,
                 first: 0,
-                id: 0,
-                mapped: false,
+                tag: 0,
             };
         }
         Region {
             base,
             n,
             first,
-            id: 0,
-            mapped: false,
+            tag: 0,
         }
     }
 
@@ -186,20 +184,20 @@ impl Region {
     /// Its registry id (0: the static heap).
     #[inline(always)]
     pub(crate) fn id(&self) -> usize {
-        self.id
+        self.tag >> 1
     }
 
     /// Whether it is an anonymous mapping.
     #[inline(always)]
     #[allow(dead_code)]
     pub(crate) fn mapped(&self) -> bool {
-        self.mapped
+        self.tag & 1 != 0
     }
 
     /// The id of its chunk `i`.
     #[inline(always)]
     pub(crate) fn chunk_id(&self, i: usize) -> ChunkId {
-        ChunkId::new(self.id, i)
+        ChunkId::new(self.tag >> 1, i)
     }
 
     /// First chunk index that serves allocations.
@@ -349,6 +347,12 @@ impl<'a> Space<'a> {
         Space { home, reg }
     }
 
+    /// Region 0, the inline heap.
+    #[inline(always)]
+    pub(crate) fn home(&self) -> &Region {
+        &self.home
+    }
+
     /// The registry (for what the `mmap` feature keeps there).
     #[allow(dead_code)]
     pub(crate) fn registry(&self) -> &'a Registry {
@@ -380,8 +384,7 @@ impl<'a> Space<'a> {
         // SAFETY: `add`'s contract: `base` is CHUNK-aligned, valid for `len` bytes for
         // the allocator's life, and its metadata was initialised before publication.
         let mut r = unsafe { Region::new(base, len & !(CHUNK - 1)) };
-        r.id = id;
-        r.mapped = len & 1 != 0;
+        r.tag = id << 1 | (len & 1);
         Some(r)
     }
 
@@ -402,7 +405,7 @@ impl<'a> Space<'a> {
 
     #[cold]
     #[inline(never)]
-    fn find_other(&self, ptr: *const u8) -> Option<(Region, usize, usize)> {
+    pub(crate) fn find_other(&self, ptr: *const u8) -> Option<(Region, usize, usize)> {
         // Newest first: mapped regions grow geometrically, so the newest holds most.
         (1..self.ids()).rev().find_map(|id| {
             let r = self.get(id)?;
@@ -452,8 +455,7 @@ impl<'a> Space<'a> {
         // length are visible to whoever sees the base.
         e.base.store(base, Ordering::Release);
         let mut r = r;
-        r.id = i + 1;
-        r.mapped = mapped;
+        r.tag = (i + 1) << 1 | usize::from(mapped);
         Ok(r)
     }
 
@@ -480,6 +482,12 @@ impl<'a> Space<'a> {
         }
         // SAFETY: the memory is ours alone until `add` publishes it.
         unsafe { r.init() };
+        // Caller RAM holds whatever it held: no chunk may count as zero (`calloc`).
+        for ci in r.first()..r.end() {
+            if let Some(d) = r.desc(ci) {
+                d.mark_dirty();
+            }
+        }
         // SAFETY: as above, with its metadata initialised.
         unsafe { self.add(base, len, false) }
     }
@@ -503,7 +511,7 @@ impl<'a> Space<'a> {
     #[inline(always)]
     pub(crate) fn retired(&self, r: &Region) {
         #[cfg(feature = "mmap")]
-        if r.mapped {
+        if r.mapped() {
             crate::mapped::retired(self);
         }
         #[cfg(not(feature = "mmap"))]
