@@ -192,7 +192,9 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     /// good, at run time, while other threads may be allocating. Any alignment and size
     /// will do: the start is rounded up to [`CHUNK_SIZE`], the end down, and the first
     /// chunks hold the region's side table. Returns the bytes that now serve
-    /// allocations, or why none do (the region is then left untouched).
+    /// allocations, or why none do; the allocator then keeps no reference to the region
+    /// (a region refused as too small is untouched; one refused because another claim
+    /// filled the registry meanwhile may have had its side table written).
     ///
     /// Lock-free, like everything else: a thread stopped inside `claim` delays only
     /// its own region. At most [`MAX_REGIONS`] regions (claimed and mapped together).
@@ -394,8 +396,8 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         }
     }
 
-    /// Whether `ptr` points into memory this allocator manages: its heap, a claimed or
-    /// mapped region, or a live huge block.
+    /// Whether `ptr` points into memory this allocator manages: the allocatable chunks
+    /// of its heap or of a claimed or mapped region, or the start of a live huge block.
     pub fn owns(&self, ptr: *const u8) -> bool {
         let sp = self.space();
         #[cfg(feature = "mmap")]

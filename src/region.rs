@@ -277,7 +277,7 @@ impl Region {
     }
 }
 
-/// Why [`Space::claim`] refused a region.
+/// Why [`SigAlloc::claim`](crate::SigAlloc::claim) refused a region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClaimError {
     /// After aligning its start to [`crate::CHUNK_SIZE`], the region cannot hold its
