@@ -180,6 +180,7 @@ mod in_a_signal_handler {
     use std::time::Duration;
 
     use super::{scale, GLOBAL};
+    use crate::common::storm::Timer;
 
     const SIG_TIMER: libc::c_int = libc::SIGALRM;
     const SIG_KILL: libc::c_int = libc::SIGUSR1;
@@ -244,57 +245,6 @@ mod in_a_signal_handler {
         old
     }
 
-    /// A timer that signals the calling thread every 50 µs (Linux only; elsewhere the
-    /// killer thread alone interrupts).
-    #[cfg(target_os = "linux")]
-    struct Timer(libc::timer_t);
-
-    #[cfg(target_os = "linux")]
-    impl Timer {
-        fn start() -> Timer {
-            // SAFETY: all-zero is a valid `sigevent`, filled in below.
-            let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
-            sev.sigev_notify = libc::SIGEV_THREAD_ID;
-            sev.sigev_signo = SIG_TIMER;
-            // SAFETY: `gettid` has no preconditions.
-            sev.sigev_notify_thread_id = unsafe { libc::syscall(libc::SYS_gettid) } as libc::c_int;
-            let mut id: libc::timer_t = std::ptr::null_mut();
-            // SAFETY: valid pointers; the timer targets this (live) thread.
-            let rc = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) };
-            assert_eq!(rc, 0, "timer_create");
-            let every = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 50_000,
-            };
-            let its = libc::itimerspec {
-                it_interval: every,
-                it_value: every,
-            };
-            // SAFETY: `id` is the timer just created.
-            let rc = unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) };
-            assert_eq!(rc, 0, "timer_settime");
-            Timer(id)
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    impl Drop for Timer {
-        fn drop(&mut self) {
-            // SAFETY: created by `start`, deleted once.
-            unsafe { libc::timer_delete(self.0) };
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    struct Timer;
-
-    #[cfg(not(target_os = "linux"))]
-    impl Timer {
-        fn start() -> Timer {
-            Timer
-        }
-    }
-
     /// Aborts the process if the returned guard is not dropped within a minute.
     fn watchdog() -> mpsc::Sender<()> {
         let (done, wait) = mpsc::channel::<()>();
@@ -330,7 +280,7 @@ mod in_a_signal_handler {
             let killer = thread::spawn(move || {
                 let mut sent = 0usize;
                 while !STOP.load(Ordering::Acquire) {
-                    // One kill in flight at a time (see `tests/signals.rs`).
+                    // One kill in flight at a time (see `common::storm`).
                     // ORDERING: Acquire pairs with the handler's Release.
                     if KILLS_ENTERED.load(Ordering::Acquire) == sent {
                         // SAFETY: the storm's thread outlives the killer: `stop` joins
@@ -346,7 +296,7 @@ mod in_a_signal_handler {
             });
             Storm {
                 old,
-                timer: Some(Timer::start()),
+                timer: Some(Timer::start(SIG_TIMER, 50_000)),
                 killer: Some(killer),
                 sent: 0,
             }

@@ -4,6 +4,8 @@
 //! checks what any correct allocator must satisfy: no two live blocks overlap, every
 //! pointer meets its alignment, contents survive until free and across realloc, zeroed
 //! memory reads zero, and `usable_size` covers the request.
+//!
+//! [`storm`] (Unix) is the signal storm that `signals.rs` and `mmap_signals.rs` share.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -12,6 +14,9 @@
 )]
 
 use std::collections::BTreeMap;
+
+#[cfg(unix)]
+pub mod storm;
 
 /// One live block as the model sees it.
 #[derive(Clone, Copy, Debug)]
