@@ -400,11 +400,13 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     /// of its heap or of a claimed or mapped region, or the start of a live huge block.
     pub fn owns(&self, ptr: *const u8) -> bool {
         let sp = self.space();
-        #[cfg(feature = "mmap")]
-        if sp.find(ptr).is_none() && mapped::huge_size(&sp, ptr) > 0 {
+        if sp.find(ptr).is_some() {
             return true;
         }
-        sp.find(ptr).is_some()
+        #[cfg(feature = "mmap")]
+        return mapped::huge_size(&sp, ptr) > 0;
+        #[cfg(not(feature = "mmap"))]
+        false
     }
 
     /// Walks the whole heap and checks its invariants (I1: each chunk in one state, in
