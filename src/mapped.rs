@@ -5,8 +5,10 @@
 //! Off until `SigAlloc::enable_mmap` (like `AO_malloc_enable_mmap`). When every region
 //! is dry, the allocating thread maps a new region and registers it (`region::Space::
 //! add`): one CAS and one store, so a thread stopped mid-growth blocks nobody (I4). Two
-//! threads that find the heap dry at once may both map; both regions are registered and
-//! used. Only a mapping the registry has no room for is unmapped at once. A region is
+//! threads that find the heap dry at once may both map; the one that finds the other's
+//! region published when its own mapping returns gives its mapping back (unseen) and
+//! uses that region. If the other is not published yet, both are registered and used,
+//! since waiting is not allowed. A mapping the registry has no room for is unmapped. A region is
 //! at least [`MIN_REGION`] and about as large as everything mapped so far (the heap
 //! doubles), capped at [`MAX_REGION`]; if the OS refuses that, just what the request
 //! needs. So a few regions cover any heap and the pointer ->
@@ -173,6 +175,9 @@ pub(crate) fn grow(sp: &Space, chunks: usize) -> Option<Region> {
     while n - meta_chunks(n) < chunks {
         n += meta_chunks(n);
     }
+    // Regions registered so far: if another thread registers one while we map, we use
+    // theirs and give ours back (see below).
+    let ids = sp.ids();
     // ORDERING: Relaxed: a size hint.
     let target = st
         .mapped_bytes
@@ -191,6 +196,15 @@ pub(crate) fn grow(sp: &Space, chunks: usize) -> Option<Region> {
         // SAFETY: our own fresh mapping, unused.
         unsafe { os::unmap(base, len) };
         return None;
+    }
+    // Two threads that found the heap dry together would each map a region as large
+    // as the whole heap. The later one gives its mapping back (nobody has seen it) and
+    // uses the region the other published; if that one is not published yet (its
+    // thread is stopped mid-registration), we do not wait for it: ours is registered.
+    if let Some(theirs) = (ids..sp.ids()).rev().find_map(|id| sp.get(id)) {
+        // SAFETY: our own fresh mapping, unpublished.
+        unsafe { os::unmap(base, len) };
+        return Some(theirs);
     }
     // SAFETY: a fresh anonymous mapping: CHUNK-aligned (checked), ours for the
     // allocator's life (regions are never unmapped), and zero-filled, which is valid
