@@ -178,6 +178,18 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         }
     }
 
+    /// `None` if `ptr` lies in a region; otherwise it can only be a huge block, and
+    /// this is its usable size (0 if it is not a live huge block either).
+    #[cfg(feature = "mmap")]
+    #[cold]
+    #[inline(never)]
+    fn huge_size(&self, sp: &Space, ptr: *const u8) -> Option<usize> {
+        match sp.find(ptr) {
+            Some(_) => None,
+            None => Some(mapped::huge_size(sp, ptr)),
+        }
+    }
+
     #[cfg(feature = "mmap")]
     #[cold]
     #[inline(never)]
@@ -233,10 +245,8 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     fn layout_matches(&self, ptr: *mut u8, layout: Layout) -> bool {
         let sp = self.space();
         #[cfg(feature = "mmap")]
-        if sp.find(ptr).is_none() {
-            // A huge block (the caller checked that `ptr` is live).
-            let have = mapped::huge_size(&sp, ptr);
-            return layout.size() <= have && layout.size() > have / 2;
+        if let Some(have) = self.huge_size(&sp, ptr) {
+            return mapped::huge_keeps(have, layout.size());
         }
         self.heap.matches(&sp, ptr, layout.size(), layout.align())
     }
@@ -313,10 +323,8 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
             return ptr;
         }
         #[cfg(feature = "mmap")]
-        if sp.find(ptr).is_none() {
-            // A huge block keeps its mapping when it shrinks by at most half.
-            let have = mapped::huge_size(&sp, ptr);
-            if size <= have && size > have / 2 && align <= MAX_ALIGN {
+        if let Some(have) = self.huge_size(&sp, ptr) {
+            if mapped::huge_keeps(have, size) && align <= MAX_ALIGN {
                 return ptr;
             }
         }
@@ -368,8 +376,8 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         let sp = self.space();
         let n = self.heap.usable_size(&sp, ptr);
         #[cfg(feature = "mmap")]
-        if n == 0 && sp.find(ptr).is_none() {
-            return mapped::huge_size(&sp, ptr);
+        if n == 0 {
+            return self.huge_size(&sp, ptr).unwrap_or(0);
         }
         n
     }

@@ -339,6 +339,13 @@ pub(crate) fn huge_size(sp: &Space, p: *const u8) -> usize {
     huge_len(sp, p).map_or(0, |len| len - HEADER)
 }
 
+/// Whether a huge block of `have` usable bytes serves a request of `size` in place:
+/// a shrink by at most half keeps the mapping (in `realloc`, and in checked mode's
+/// layout check).
+pub(crate) fn huge_keeps(have: usize, size: usize) -> bool {
+    size <= have && size > have / 2
+}
+
 /// Unmaps the huge block `p`; `false` if `p` is not a live huge block.
 pub(crate) fn huge_free(sp: &Space, p: *mut u8) -> bool {
     let st = &sp.registry().os;
