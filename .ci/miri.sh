@@ -9,8 +9,8 @@
 # (tests/checked.rs racing_double_frees_free_exactly_once, with_exposed_provenance_mut),
 # which runs with -Zmiri-permissive-provenance.
 #
-# tests/claim.rs runs whole: claimed regions are caller memory with in-band side tables,
-# the riskiest provenance in the crate.
+# tests/claim.rs (and its modules in tests/claim/) runs whole: claimed regions are caller
+# memory with in-band side tables, the riskiest provenance in the crate.
 #
 # The 2 MiB-heap tests (heap_2m::*, phase_change_*) fill the whole default heap
 # (~130k mallocs) and are left to the native test gate. tests/contract.rs runs with

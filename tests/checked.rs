@@ -14,7 +14,8 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{check_fill, Model};
+use common::pattern::verify;
+use common::Model;
 use sigalloc::{ErrorKind, SigAlloc};
 
 static COUNTS: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
@@ -67,7 +68,7 @@ fn bad_frees_are_reported_and_ignored() {
     // A dealloc with a layout of another class is refused; the block stays live.
     unsafe { A.dealloc(p, Layout::from_size_align(500, 8).unwrap()) };
     assert_eq!(count(ErrorKind::LayoutMismatch), 1);
-    check_fill(p, 40, 1);
+    verify(p, 40, 1, "a refused dealloc");
     m.on_free(p);
     unsafe { A.dealloc(p, Layout::from_size_align(40, 8).unwrap()) };
     assert_eq!(count(ErrorKind::LayoutMismatch), 1);
@@ -79,10 +80,7 @@ fn bad_frees_are_reported_and_ignored() {
     assert!(A.malloc(1 << 20).is_null());
     assert_eq!(count(ErrorKind::OutOfMemory), 1);
 
-    for (p, l) in m.drain() {
-        check_fill(p, l.size, l.fill);
-        unsafe { A.free(p) };
-    }
+    m.free_all(&A);
     assert_eq!(A.stats().bytes_in_use, 0);
     assert_eq!(count(ErrorKind::Corrupted), 0);
 }

@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::{check_fill, Model, Rng};
+use common::pattern::{self, verify};
+use common::{Model, Rng};
 use sigalloc::SigAlloc;
 use std::alloc::{GlobalAlloc, Layout};
 
@@ -33,27 +34,27 @@ fn random_ops<const N: usize>(a: &SigAlloc<N>, seed: u64, steps: usize) {
                 let p = unsafe { a.alloc(Layout::from_size_align(size.max(1), align).unwrap()) };
                 if !p.is_null() {
                     assert!(a.usable_size(p) >= size);
-                    m.on_alloc(p, size, align, false, fills);
+                    m.on_alloc(p, size, align, false, u64::from(fills));
                 }
             }
             3 => {
                 let p =
                     unsafe { a.alloc_zeroed(Layout::from_size_align(size.max(1), align).unwrap()) };
                 if !p.is_null() {
-                    m.on_alloc(p, size, align, true, fills);
+                    m.on_alloc(p, size, align, true, u64::from(fills));
                 }
             }
             4 => {
                 let p = a.calloc(size, 1);
                 if !p.is_null() {
-                    m.on_alloc(p, size, 16, true, fills);
+                    m.on_alloc(p, size, 16, true, u64::from(fills));
                 }
             }
             5 => {
                 let p = a.malloc(size);
                 if !p.is_null() {
                     assert!(a.usable_size(p) >= size);
-                    m.on_alloc(p, size, 16, false, fills);
+                    m.on_alloc(p, size, 16, false, u64::from(fills));
                 }
             }
             6 => {
@@ -62,7 +63,7 @@ fn random_ops<const N: usize>(a: &SigAlloc<N>, seed: u64, steps: usize) {
                 if let Some((p, _)) = m.nth(rng.next() as usize) {
                     let q = unsafe { a.realloc(p, size.max(1)) };
                     if !q.is_null() {
-                        m.on_realloc(p, q, size.max(1), 16, fills);
+                        m.on_realloc(p, q, size.max(1), 16, u64::from(fills));
                     }
                 }
             }
@@ -80,10 +81,7 @@ fn random_ops<const N: usize>(a: &SigAlloc<N>, seed: u64, steps: usize) {
             }
         }
     }
-    for (p, l) in m.drain() {
-        check_fill(p, l.size, l.fill);
-        unsafe { a.free(p) };
-    }
+    m.free_all(a);
     assert_eq!(a.stats().bytes_in_use, 0, "{}", a.stats());
     a.validate().unwrap();
 }
@@ -196,7 +194,7 @@ fn zeroed_memory_is_zero_after_reuse() {
         for _ in 0..4 {
             let p = unsafe { A.alloc_zeroed(l) };
             assert!(!p.is_null());
-            check_fill(p, size, 0);
+            assert!(pattern::zeroed(p, size), "alloc_zeroed({size}) is not zero");
             unsafe { p.write_bytes(0xCD, size) };
             ps.push(p);
         }
@@ -204,7 +202,7 @@ fn zeroed_memory_is_zero_after_reuse() {
             unsafe { A.dealloc(p, l) };
         }
         let p = A.calloc(size, 1);
-        check_fill(p, size, 0);
+        assert!(pattern::zeroed(p, size), "calloc({size}) is not zero");
         unsafe { A.free(p) };
     }
 }
@@ -246,22 +244,22 @@ fn bad_input_gets_null_and_changes_nothing() {
 fn realloc_stays_in_place_within_a_class_and_keeps_bytes_when_moving() {
     static A: SigAlloc<{ 256 << 10 }> = SigAlloc::new();
     let p = A.malloc(100);
-    unsafe { p.write_bytes(7, 100) };
+    pattern::fill(p, 100, 7);
     let q = unsafe { A.realloc(p, 128) };
     assert_eq!(p, q, "same class: in place");
     let r = unsafe { A.realloc(q, 3000) };
     assert_ne!(q, r);
-    check_fill(r, 100, 7);
+    verify(r, 100, 7, "moved to another class");
     // A span grows in place into free chunks behind it, and shrinks in place.
-    unsafe { r.write_bytes(9, 3000) };
+    pattern::fill(r, 3000, 9);
     let s = unsafe { A.realloc(r, 20_000) };
     assert_eq!(s, r, "span grows in place when the next chunks are free");
-    check_fill(s, 3000, 9);
+    verify(s, 3000, 9, "span grown in place");
     let t = unsafe { A.realloc(s, 5000) };
     assert_eq!(t, s, "span shrinks in place");
     assert_eq!(A.usable_size(t), 8192);
     let u = unsafe { A.realloc(t, 10) };
-    check_fill(u, 10, 9);
+    verify(u, 10, 9, "span shrunk to a small block");
     unsafe { A.free(u) };
     assert_eq!(A.stats().bytes_in_use, 0);
 }
@@ -274,13 +272,10 @@ fn every_alignment_up_to_the_maximum_is_honoured() {
         let align = 1usize << shift;
         for size in [1, align / 2 + 1, align, 3 * align] {
             let p = unsafe { A.alloc(Layout::from_size_align(size, align).unwrap()) };
-            m.on_alloc(p, size, align, false, shift as u8);
+            m.on_alloc(p, size, align, false, shift);
         }
     }
-    for (p, l) in m.drain() {
-        check_fill(p, l.size, l.fill);
-        unsafe { A.free(p) };
-    }
+    m.free_all(&A);
     assert_eq!(A.stats().bytes_in_use, 0);
 }
 

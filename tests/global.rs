@@ -175,12 +175,12 @@ fn large_vectors_grow_shrink_and_reuse_memory() {
 mod in_a_signal_handler {
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::mpsc;
     use std::thread;
     use std::time::Duration;
 
     use super::{scale, GLOBAL};
-    use crate::common::storm::Timer;
+    use crate::common::signal::{self, Timer};
+    use crate::common::{watchdog, MINUTE};
 
     const SIG_TIMER: libc::c_int = libc::SIGALRM;
     const SIG_KILL: libc::c_int = libc::SIGUSR1;
@@ -225,41 +225,8 @@ mod in_a_signal_handler {
     /// Installs `on_signal` for `sig`, masking both signals while it runs; returns the
     /// previous action.
     fn install(sig: libc::c_int) -> libc::sigaction {
-        // SAFETY: all-zero is a valid `sigaction`, filled in below.
-        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-        sa.sa_sigaction = on_signal
-            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-            as usize;
-        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-        // SAFETY: `sa.sa_mask` is a valid, owned signal set; the signals are valid.
-        unsafe {
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaddset(&mut sa.sa_mask, SIG_TIMER);
-            libc::sigaddset(&mut sa.sa_mask, SIG_KILL);
-        }
-        // SAFETY: all-zero is a valid `sigaction`, overwritten by the call.
-        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointers; the handler only allocates through sigalloc.
-        let rc = unsafe { libc::sigaction(sig, &sa, &mut old) };
-        assert_eq!(rc, 0, "sigaction({sig})");
-        old
-    }
-
-    /// Aborts the process if the returned guard is not dropped within a minute.
-    fn watchdog() -> mpsc::Sender<()> {
-        let (done, wait) = mpsc::channel::<()>();
-        thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(60))
-            {
-                eprintln!(
-                    "watchdog: allocation in a signal handler did not finish within 60 s \
-                     (deadlock?); {} handler runs",
-                    RUNS.load(Ordering::Relaxed)
-                );
-                std::process::abort();
-            }
-        });
-        done
+        // The handler only allocates through sigalloc.
+        signal::install(sig, on_signal, 0, &[SIG_TIMER, SIG_KILL])
     }
 
     /// The storm on the calling thread: handlers, its timer, the killer thread. Dropping
@@ -308,8 +275,8 @@ mod in_a_signal_handler {
             STOP.store(true, Ordering::Release);
             if let Some(k) = self.killer.take() {
                 self.sent = k.join().unwrap_or(0);
-                crate::common::restore_signal(SIG_TIMER, &self.old[0]);
-                crate::common::restore_signal(SIG_KILL, &self.old[1]);
+                signal::restore(SIG_TIMER, &self.old[0]);
+                signal::restore(SIG_KILL, &self.old[1]);
             }
             self.sent
         }
@@ -324,7 +291,9 @@ mod in_a_signal_handler {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn handler_allocates_while_the_thread_allocates() {
-        let _watchdog = watchdog();
+        let _watchdog = watchdog("allocation in a signal handler (deadlock?)", MINUTE, || {
+            format!("; {} handler runs", RUNS.load(Ordering::Relaxed))
+        });
         let mut storm = Storm::start();
 
         let rounds = scale(if cfg!(debug_assertions) { 300 } else { 4000 }, 2);

@@ -17,7 +17,7 @@
 //!   free chunks;
 //! - `errno` is set to a sentinel before every allocation and must still hold it after
 //!   (the failing `mmap` sets `ENOMEM`; the allocator must restore it);
-//! - every block keeps its fill byte until freed; `validate()` passes at the end.
+//! - every block keeps its fill pattern until freed; `validate()` passes at the end.
 //!
 //! While the limit is set nothing here allocates from the system allocator, prints,
 //! formats or spawns a thread: vectors are reserved beforehand, and every finding is a
@@ -27,7 +27,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{pattern, Rng};
 use sigalloc::{SigAlloc, HUGE_THRESHOLD, MIN_REGION};
 
 const MIB: usize = 1 << 20;
@@ -120,7 +120,7 @@ struct Findings {
     errno_changed: usize,
     /// Blocks misaligned, shorter than asked or not owned by `A`.
     bad_blocks: usize,
-    /// Blocks whose fill byte changed before they were freed.
+    /// Blocks whose fill pattern changed before they were freed.
     corrupt_blocks: usize,
     /// An "until null" loop filled its reserved vector without seeing null.
     never_null: usize,
@@ -183,34 +183,44 @@ fn malloc(f: &mut Findings, size: usize) -> *mut u8 {
     p
 }
 
-fn fill_byte(i: usize) -> u8 {
-    (i.wrapping_mul(0x9E37_79B9) >> 13) as u8 | 1
-}
-
-/// Fills `size` bytes at `p` with `byte`.
+/// Checks the pattern of a block (counted, not asserted: nothing may allocate or
+/// format while the limit is set), then frees it.
 ///
 /// # Safety
-/// - `p` is a live block of ours of at least `size` bytes.
-unsafe fn fill(p: *mut u8, size: usize, byte: u8) {
-    // SAFETY: the caller's contract.
-    unsafe { p.write_bytes(byte, size) };
-}
-
-/// Checks the fill of a block, then frees it.
-///
-/// # Safety
-/// - `p` is a live block of ours of at least `size` bytes, filled with `byte`, not used
-///   after this call.
-unsafe fn check_and_free(f: &mut Findings, p: *mut u8, size: usize, byte: u8) {
-    // SAFETY: the caller's contract: `size` bytes at `p` are live and ours.
-    let s = unsafe { std::slice::from_raw_parts(p, size) };
-    // All bytes equal `byte` iff the first does and the slice equals itself shifted by
-    // one (two `memcmp`s, fast in debug builds too).
-    if s.first() != Some(&byte) || s[1..] != s[..size - 1] {
+/// - `p` is a live block of ours of at least `size` bytes, filled with the pattern of
+///   `seed`, not used after this call.
+unsafe fn check_and_free(f: &mut Findings, p: *mut u8, size: usize, seed: u64) {
+    if !pattern::holds(p, size, seed) {
         f.corrupt_blocks += 1;
     }
     // SAFETY: the caller's contract: live, ours, freed once.
     unsafe { A.free(p) };
+}
+
+/// Allocates `size`-byte blocks into `big` until null, each filled with its index's
+/// pattern; counts a loop that fills `big`'s reserved capacity without seeing null.
+fn alloc_until_null(f: &mut Findings, big: &mut Vec<*mut u8>, size: usize) {
+    loop {
+        if big.len() == big.capacity() {
+            f.never_null += 1;
+            return;
+        }
+        let p = malloc(f, size);
+        if p.is_null() {
+            return;
+        }
+        pattern::fill(p, size, big.len() as u64);
+        big.push(p);
+    }
+}
+
+/// Checks and frees every block of `big`: each `size` bytes, filled with its index's
+/// pattern.
+fn free_all(f: &mut Findings, big: &mut Vec<*mut u8>, size: usize) {
+    for (i, p) in big.drain(..).enumerate() {
+        // SAFETY: live blocks of ours, each filled with its index's pattern.
+        unsafe { check_and_free(f, p, size, i as u64) };
+    }
 }
 
 /// Everything done while the limit is in force. Allocates nothing from the system
@@ -218,19 +228,7 @@ unsafe fn check_and_free(f: &mut Findings, p: *mut u8, size: usize, byte: u8) {
 fn limited_phases(f: &mut Findings, small: &mut Vec<(*mut u8, usize)>, big: &mut Vec<*mut u8>) {
     // 1. Huge blocks until the OS refuses. The fallback (a span in a region) needs a
     //    region at least as large, which the OS refuses too.
-    loop {
-        if big.len() == big.capacity() {
-            f.never_null += 1;
-            break;
-        }
-        let p = malloc(f, HUGE);
-        if p.is_null() {
-            break;
-        }
-        // SAFETY: a live block of `HUGE` bytes, ours.
-        unsafe { fill(p, HUGE, fill_byte(big.len())) };
-        big.push(p);
-    }
+    alloc_until_null(f, big, HUGE);
     f.huge_count = big.len();
     f.huge_mappings = A.stats().huge_mappings;
     // Growing a block needs a new mapping too: null, and the block stays as it was
@@ -254,22 +252,18 @@ fn limited_phases(f: &mut Findings, small: &mut Vec<(*mut u8, usize)>, big: &mut
     for _ in 0..2.min(big.len()) {
         let i = big.len() - 1;
         let p = big.pop().unwrap_or(std::ptr::null_mut());
-        // SAFETY: a live block of ours, filled with its index's byte.
-        unsafe { check_and_free(f, p, HUGE, fill_byte(i)) };
+        // SAFETY: a live block of ours, filled with its index's pattern.
+        unsafe { check_and_free(f, p, HUGE, i as u64) };
     }
     for _ in 0..2.min(f.huge_count) {
         let p = malloc(f, HUGE);
         if !p.is_null() {
             f.huge_again += 1;
-            // SAFETY: a live block of `HUGE` bytes, ours.
-            unsafe { fill(p, HUGE, fill_byte(big.len())) };
+            pattern::fill(p, HUGE, big.len() as u64);
             big.push(p);
         }
     }
-    for (i, p) in big.drain(..).enumerate() {
-        // SAFETY: live blocks of ours, each filled with its index's byte.
-        unsafe { check_and_free(f, p, HUGE, fill_byte(i)) };
-    }
+    free_all(f, big, HUGE);
     f.huge_left = A.stats().huge_mappings;
 
     // 2. Small blocks until null: the heap grows region by region until the OS refuses.
@@ -284,8 +278,7 @@ fn limited_phases(f: &mut Findings, small: &mut Vec<(*mut u8, usize)>, big: &mut
         if p.is_null() {
             break;
         }
-        // SAFETY: a live block of `size` bytes, ours.
-        unsafe { fill(p, size, fill_byte(small.len())) };
+        pattern::fill(p, size, small.len() as u64);
         f.small_bytes += A.usable_size(p);
         small.push((p, size));
     }
@@ -298,8 +291,8 @@ fn limited_phases(f: &mut Findings, small: &mut Vec<(*mut u8, usize)>, big: &mut
     // Free every other block, then ask for the same sizes again, in the same order.
     for (i, slot) in small.iter_mut().enumerate().step_by(2) {
         let (p, size) = *slot;
-        // SAFETY: a live block of ours, filled with its index's byte.
-        unsafe { check_and_free(f, p, size, fill_byte(i)) };
+        // SAFETY: a live block of ours, filled with its index's pattern.
+        unsafe { check_and_free(f, p, size, i as u64) };
         *slot = (std::ptr::null_mut(), size);
         f.freed_count += 1;
         f.freed_bytes += size;
@@ -308,8 +301,7 @@ fn limited_phases(f: &mut Findings, small: &mut Vec<(*mut u8, usize)>, big: &mut
         let size = slot.1;
         let p = malloc(f, size);
         if !p.is_null() {
-            // SAFETY: a live block of `size` bytes, ours.
-            unsafe { fill(p, size, fill_byte(i)) };
+            pattern::fill(p, size, i as u64);
             *slot = (p, size);
             f.again_count += 1;
             f.again_bytes += size;
@@ -318,35 +310,20 @@ fn limited_phases(f: &mut Findings, small: &mut Vec<(*mut u8, usize)>, big: &mut
     f.mapped_regions_after = A.stats().mapped_regions;
     for (i, &(p, size)) in small.iter().enumerate() {
         if !p.is_null() {
-            // SAFETY: a live block of ours, filled with its index's byte.
-            unsafe { check_and_free(f, p, size, fill_byte(i)) };
+            // SAFETY: a live block of ours, filled with its index's pattern.
+            unsafe { check_and_free(f, p, size, i as u64) };
         }
     }
     small.clear();
 
     // 3. Every region is free now. 1 MiB requests until null: mappings of their own
     //    while the OS allows, then spans from the regions.
-    loop {
-        if big.len() == big.capacity() {
-            f.never_null += 1;
-            break;
-        }
-        let p = malloc(f, HUGE_THRESHOLD);
-        if p.is_null() {
-            break;
-        }
-        // SAFETY: a live block of `HUGE_THRESHOLD` bytes, ours.
-        unsafe { fill(p, HUGE_THRESHOLD, fill_byte(big.len())) };
-        big.push(p);
-    }
+    alloc_until_null(f, big, HUGE_THRESHOLD);
     f.big_count = big.len();
     let s = A.stats();
     f.big_mappings = s.huge_mappings;
     f.big_spans = s.spans;
-    for (i, p) in big.drain(..).enumerate() {
-        // SAFETY: live blocks of ours, each filled with its index's byte.
-        unsafe { check_and_free(f, p, HUGE_THRESHOLD, fill_byte(i)) };
-    }
+    free_all(f, big, HUGE_THRESHOLD);
 
     f.valid = A.validate().err();
     let s = A.stats();

@@ -62,7 +62,8 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::storm::{self, bump, get, mix, Block, Rng, Storm, C, WORKER};
+use common::storm::{self, bump, get, Block, Storm, C, WORKER};
+use common::{mix, watchdog, Rng, MINUTE};
 use sigalloc::{SigAlloc, HUGE_THRESHOLD, MAX_SMALL};
 
 const MIB: usize = 1 << 20;
@@ -328,7 +329,11 @@ impl Storm<HEAP> for Mapped {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn storm_while_the_heap_grows_through_mmap() {
-    let _watchdog = storm::watchdog("the mmap storm", "deadlock or livelock?");
+    let _watchdog = watchdog(
+        "the mmap storm (deadlock or livelock?)",
+        MINUTE,
+        storm::progress,
+    );
     let start = Instant::now();
     map_pool();
     assert_eq!(

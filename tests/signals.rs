@@ -32,23 +32,14 @@
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use common::storm::{self, bump, get, Rng, Storm, C};
+use common::storm::{self, bump, get, Storm, C};
+use common::{serial, watchdog, Rng, MINUTE};
 use sigalloc::SigAlloc;
 
 const HEAP: usize = 4 << 20;
 static A: SigAlloc<HEAP> = SigAlloc::new();
-
-/// Both tests install handlers for the same signals and measure `A` as a whole.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 // ---------------------------------------------------------------------------------
 // Shadow ownership map: atomics only, so the handler may use it.
@@ -117,14 +108,16 @@ impl Storm<HEAP> for Inline {
 }
 
 fn run(nested: bool) {
+    // Both tests install handlers for the same signals and measure `A` as a whole.
     let _turn = serial();
-    let _watchdog = storm::watchdog(
+    let _watchdog = watchdog(
         if nested {
-            "`storm with nested handlers`"
+            "`storm with nested handlers` (deadlock or livelock in a handler?)"
         } else {
-            "`storm`"
+            "`storm` (deadlock or livelock in a handler?)"
         },
-        "deadlock or livelock in a handler?",
+        MINUTE,
+        storm::progress,
     );
     let sent = storm::run::<HEAP, Inline>(nested);
 

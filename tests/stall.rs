@@ -32,15 +32,17 @@
 //!   grew; the test checks that fewer than 70 chunks were claimed then).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::cell::{Cell, RefCell};
 use std::io::Write;
-use std::sync::mpsc;
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
 mod common;
+#[path = "stall/park.rs"]
+mod park;
 
+use common::pattern::{self, verify};
+use common::{watchdog, Rng};
+use park::{gate, hook, parked_thread, GateState, Parked, Point, GATE};
 use sigalloc::{SigAlloc, Step, CHUNK_SIZE};
 
 const HEAP: usize = 8 << 20;
@@ -69,198 +71,19 @@ type Fresh = common::Fresh<HEAP>;
 // `&Fresh` across threads only shares `&SigAlloc`.
 unsafe impl Sync for Fresh {}
 
-/// Where a thread parks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Point {
-    Pop,
-    Free,
-    FreeRetire,
-    Refill,
-    SpanClaim,
-}
-
-impl Point {
-    fn name(self) -> &'static str {
-        match self {
-            Point::Pop => "mid-pop",
-            Point::Free => "mid-free",
-            Point::FreeRetire => "mid-free-retire",
-            Point::Refill => "mid-refill",
-            Point::SpanClaim => "mid-span-claim",
-        }
-    }
-}
-
-/// The test that holds before each step of an armed thread; the thread parks at the
-/// first step where it holds.
-#[derive(Clone, Copy, Debug)]
-enum Cond {
-    /// The step is a read-modify-write.
-    Rmw,
-    /// The 64 B class has more blocks in use than this.
-    BlocksInUse64(usize),
-    /// The used map has more chunks than this.
-    ChunksUsed(usize),
-}
-
-/// This thread's park state.
-struct ParkState {
-    cond: Cell<Option<Cond>>,
-    heap: Cell<*const Heap>,
-    in_hook: Cell<bool>,
-    steps: RefCell<Vec<Step>>,
-    /// Chunks in use when the thread parked.
-    chunks_at_park: Cell<usize>,
-    parked: Cell<bool>,
-    /// Steps taken since the thread was released, while still inside the operation.
-    after: Cell<Option<usize>>,
-}
-
-thread_local! {
-    static PARK: ParkState = const {
-        ParkState {
-            cond: Cell::new(None),
-            heap: Cell::new(std::ptr::null()),
-            in_hook: Cell::new(false),
-            steps: RefCell::new(Vec::new()),
-            chunks_at_park: Cell::new(0),
-            parked: Cell::new(false),
-            after: Cell::new(None),
-        }
-    };
-}
-
-struct GateState {
-    parked: usize,
-    missed: usize,
-    released: bool,
-}
-
-/// Where parked threads wait, and how the test learns that they have parked.
-struct Gate {
-    state: Mutex<GateState>,
-    cv: Condvar,
-}
-
-static GATE: Gate = Gate {
-    state: Mutex::new(GateState {
-        parked: 0,
-        missed: 0,
-        released: false,
-    }),
-    cv: Condvar::new(),
-};
-
-fn gate() -> MutexGuard<'static, GateState> {
-    GATE.state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The step hook: for an armed thread, records the step and parks when the condition
-/// holds. Other threads (the workers) return at once.
-fn hook(kind: Step) {
-    PARK.with(|p| {
-        let Some(cond) = p.cond.get() else {
-            if let Some(n) = p.after.get() {
-                p.after.set(Some(n + 1));
-            }
-            return;
-        };
-        if p.in_hook.get() {
-            // Our own `stats()` call below.
-            return;
-        }
-        p.in_hook.set(true);
-        // SAFETY: `heap` is set to a live allocator whenever `cond` is armed (see
-        // `arm`), and that allocator outlives the thread.
-        let heap = unsafe { &*p.heap.get() };
-        let hit = match cond {
-            Cond::Rmw => kind == Step::Rmw,
-            Cond::BlocksInUse64(n) => heap.stats().classes[CLASS_64].blocks_in_use > n,
-            Cond::ChunksUsed(n) => heap.stats().chunks_used > n,
-        };
-        if hit {
-            p.cond.set(None);
-            p.parked.set(true);
-            p.chunks_at_park.set(heap.stats().chunks_used);
-            p.after.set(Some(0));
-            let mut g = gate();
-            g.parked += 1;
-            GATE.cv.notify_all();
-            while !g.released {
-                g = GATE.cv.wait(g).unwrap_or_else(|p| p.into_inner());
-            }
-        } else {
-            p.steps.borrow_mut().push(kind);
-        }
-        p.in_hook.set(false);
-    });
-}
-
-/// Arms this thread to park at the first step where `cond` holds.
-fn arm(heap: &Heap, cond: Cond) {
-    PARK.with(|p| {
-        p.heap.set(heap);
-        p.steps.borrow_mut().clear();
-        p.parked.set(false);
-        p.cond.set(Some(cond));
-    });
-}
-
-/// What an armed thread saw.
-struct Disarmed {
-    parked: bool,
-    /// The steps before it parked.
-    steps: Vec<Step>,
-    /// Chunks in use when it parked.
-    chunks_at_park: usize,
-    /// Steps it took after it was released to finish the operation.
-    after: usize,
-}
-
-/// Disarms this thread; returns what it saw.
-fn disarm() -> Disarmed {
-    PARK.with(|p| {
-        p.cond.set(None);
-        Disarmed {
-            parked: p.parked.get(),
-            steps: p.steps.take(),
-            chunks_at_park: p.chunks_at_park.get(),
-            after: p.after.take().unwrap_or(0),
-        }
-    })
-}
-
-/// Fills `n` bytes at `p` with `f`.
-fn fill(p: *mut u8, n: usize, f: u8) {
-    // SAFETY: `p` is a live block of at least `n` bytes that the caller owns.
-    unsafe { std::ptr::write_bytes(p, f, n) };
-}
-
-/// Panics unless `n` bytes at `p` all equal `f`.
-fn verify(p: *mut u8, n: usize, f: u8, what: &str) {
-    // SAFETY: `p` is a live block of at least `n` bytes that the caller owns.
-    let s = unsafe { std::slice::from_raw_parts(p, n) };
-    if let Some(i) = s.iter().position(|&x| x != f) {
-        panic!(
-            "{what}: block {p:p}+{n}: byte {i} is {:#x}, expected {f:#x} (overlap?)",
-            s[i]
-        );
-    }
-}
-
-/// A block the test owns: pointer, size, fill byte.
+/// A block the test owns: pointer, size, pattern seed.
 #[derive(Clone, Copy)]
-struct Block(*mut u8, usize, u8);
+struct Block(*mut u8, usize, u64);
 
 // SAFETY: a block is exclusively owned memory; handing it to another thread moves
 // that ownership.
 unsafe impl Send for Block {}
 
-fn take(a: &Heap, size: usize, f: u8) -> Block {
+fn take(a: &Heap, size: usize, seed: u64) -> Block {
     let p = a.malloc(size);
     assert!(!p.is_null(), "malloc({size}) failed");
-    fill(p, size, f);
-    Block(p, size, f)
+    pattern::fill(p, size, seed);
+    Block(p, size, seed)
 }
 
 fn give(a: &Heap, b: Block, what: &str) {
@@ -269,105 +92,13 @@ fn give(a: &Heap, b: Block, what: &str) {
     unsafe { a.free(b.0) };
 }
 
-/// What a parked thread reports.
-struct Parked {
-    point: Point,
-    steps: Vec<Step>,
-    claimed_at_park: usize,
-    after: usize,
-}
-
-/// A thread that sets up, parks at `point` inside one operation, and when released
-/// finishes it and frees everything it holds.
-fn parked_thread(a: &Heap, point: Point, tag: u8) -> Parked {
-    let mut held = Vec::new();
-    let what = point.name();
-    // Set up (unarmed), then arm and start the operation.
-    let (seen, chunks_before) = match point {
-        Point::Pop => {
-            // A first block leaves a chunk in this thread's slot.
-            held.push(take(a, 64, tag));
-            let before = a.stats();
-            arm(
-                a,
-                Cond::BlocksInUse64(before.classes[CLASS_64].blocks_in_use),
-            );
-            let b = take(a, 64, tag);
-            held.push(b);
-            (disarm(), before.chunks_used)
-        }
-        Point::Free => {
-            let b = take(a, 64, tag);
-            held.push(take(a, 64, tag));
-            let before = a.stats().chunks_used;
-            arm(a, Cond::Rmw);
-            give(a, b, what);
-            (disarm(), before)
-        }
-        Point::FreeRetire => {
-            // 2 KiB blocks, two per chunk: the third allocation finds the first chunk
-            // carved out and marks it FULL; freeing its second block makes it PARTIAL
-            // with one block in use, which the armed free would empty.
-            let x0 = take(a, 2048, tag);
-            let x1 = take(a, 2048, tag);
-            held.push(take(a, 2048, tag));
-            give(a, x1, what);
-            let before = a.stats().chunks_used;
-            arm(a, Cond::Rmw);
-            give(a, x0, what);
-            (disarm(), before)
-        }
-        Point::Refill => {
-            let before = a.stats().chunks_used;
-            arm(a, Cond::ChunksUsed(before));
-            held.push(take(a, 1024, tag));
-            (disarm(), before)
-        }
-        Point::SpanClaim => {
-            let before = a.stats().chunks_used;
-            arm(a, Cond::ChunksUsed(before));
-            held.push(take(a, SPAN_CHUNKS * CHUNK_SIZE, tag));
-            (disarm(), before)
-        }
-    };
-    let Disarmed {
-        parked,
-        steps,
-        chunks_at_park,
-        after,
-    } = seen;
-    assert!(parked, "{what}: the park condition never held ({steps:?})");
-    let claimed_at_park = chunks_at_park - chunks_before;
-    if point == Point::SpanClaim {
-        assert!(
-            (1..SPAN_CHUNKS).contains(&claimed_at_park),
-            "mid-span-claim parked with {claimed_at_park} of {SPAN_CHUNKS} chunks claimed"
-        );
-    }
-    for b in held {
-        give(a, b, what);
-    }
-    Parked {
-        point,
-        steps,
-        claimed_at_park,
-        after,
-    }
-}
-
 /// One worker: `ops` rounds of free-a-random-block, alloc 16..4096 B, fill. Every
 /// block is verified before it is freed.
 fn worker(a: &Heap, me: usize, ops: usize) -> usize {
-    let mut rng = 0x9E37_79B9_7F4A_7C15_u64 ^ (me as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut rng = Rng(me as u64 + 1);
     let mut live: [Option<Block>; WINDOW] = [None; WINDOW];
     for n in 0..ops {
-        let r = next();
+        let r = rng.next();
         let k = (r % WINDOW as u64) as usize;
         if let Some(b) = live[k].take() {
             give(a, b, "worker");
@@ -375,31 +106,13 @@ fn worker(a: &Heap, me: usize, ops: usize) -> usize {
         // Log-uniform sizes: each class from 16 B to 2 KiB, and one-chunk spans.
         let shift = 4 + (r >> 8) % 9;
         let size = ((1u64 << shift) + (r >> 16) % (1u64 << shift)).min(4096) as usize;
-        let f = (n % 127) as u8 * 2 + 1 + me as u8;
-        live[k] = Some(take(a, size, f));
+        let seed = (n * WORKERS + me) as u64;
+        live[k] = Some(take(a, size, seed));
     }
     for b in live.into_iter().flatten() {
         give(a, b, "worker");
     }
     ops
-}
-
-/// Aborts the process unless the returned sender is dropped within [`WATCHDOG`].
-fn watchdog(what: String) -> mpsc::Sender<()> {
-    let (done, wait) = mpsc::channel::<()>();
-    thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(WATCHDOG) {
-            // Straight to stderr: the harness's capture would swallow `eprintln!`
-            // (spawned threads inherit it), and we are about to abort.
-            let _ = writeln!(
-                std::io::stderr(),
-                "watchdog: the threads did not finish within {WATCHDOG:?} while {what} \
-                 (a stalled thread blocks the others: I4 broken)"
-            );
-            std::process::abort();
-        }
-    });
-    done
 }
 
 /// Parks one thread at each of `points` (in order), runs the workers, releases the
@@ -417,12 +130,19 @@ fn stall(points: &[Point]) -> usize {
     }
     let names: Vec<_> = points.iter().map(|p| p.name()).collect();
     // Covers parking too: a thread that hangs before it parks is a bug as well.
-    let guard = watchdog(format!("parked at {names:?}"));
+    let guard = watchdog(
+        format!(
+            "the threads, while others were parked at {names:?} (a stalled thread blocks \
+             the others: I4 broken)"
+        ),
+        WATCHDOG,
+        String::new,
+    );
     let (ops, reports) = thread::scope(|s| {
         let mut parked = Vec::new();
         for (k, &point) in points.iter().enumerate() {
             parked.push(s.spawn(move || {
-                let run = || parked_thread(a, point, 0xA0 + k as u8);
+                let run = || parked_thread(a, point, u64::MAX - k as u64);
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
                     Ok(r) => r,
                     Err(e) => {
@@ -471,7 +191,7 @@ fn stall(points: &[Point]) -> usize {
         if p.is_null() {
             break;
         }
-        fill(p, 8, 0x5A);
+        pattern::fill(p, 8, 0x5A);
         fill_blocks.push(p);
     }
     let filled = fill_blocks.len() * 2048;

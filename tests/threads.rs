@@ -13,12 +13,14 @@
 // `clippy.toml` (aimed at `src/`, where loom must see every atomic) does not concern.
 #![allow(clippy::disallowed_types)]
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
 
+use common::{mix, pattern, serial, watchdog, Rng, MINUTE};
 use sigalloc::SigAlloc;
 
 static A: SigAlloc<{ 16 << 20 }> = SigAlloc::new();
@@ -29,15 +31,6 @@ static A: SigAlloc<{ 16 << 20 }> = SigAlloc::new();
 const GRANULE: usize = 16;
 const GRANULES: usize = std::mem::size_of::<SigAlloc<{ 16 << 20 }>>().div_ceil(GRANULE);
 static OWNER: [AtomicU64; GRANULES] = [const { AtomicU64::new(0) }; GRANULES];
-
-/// Every test here measures `A` as a whole, so they take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 const THREADS: usize = 8;
 const MIN_SIZE: usize = 16;
@@ -63,39 +56,6 @@ fn random_size(rng: &mut Rng) -> usize {
     let max = if rng.below(4) == 0 { MAX_SIZE } else { 512 };
     MIN_SIZE + rng.below(max - MIN_SIZE + 1)
 }
-
-/// splitmix64: small, seedable, good enough to pick sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-const fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-const PATTERN_LEN: usize = MAX_SIZE + 4096;
-
-/// Pseudo-random bytes; a block's body is a window into them chosen by its tag, so two
-/// blocks that overlapped would disagree about the shared bytes.
-static PATTERN: [u8; PATTERN_LEN] = {
-    let mut p = [0u8; PATTERN_LEN];
-    let mut i = 0;
-    while i < PATTERN_LEN {
-        p[i] = (mix(i as u64 ^ 0x5EED) >> 56) as u8;
-        i += 1;
-    }
-    p
-};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Via {
@@ -172,30 +132,14 @@ impl Block {
         }
     }
 
-    fn window(&self) -> &'static [u8] {
-        let off = (mix(self.tag) % 4096) as usize;
-        &PATTERN[off..off + self.size - 8]
-    }
-
+    /// Writes the block's pattern (seeded by its tag) over bytes `from..size`.
     fn fill_from(&self, from: usize) {
-        // SAFETY: I1, the block is ours and `size` bytes long.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(self.ptr, self.size) };
-        let mut expected = [0u8; 8];
-        expected.copy_from_slice(&self.tag.to_le_bytes());
-        if from < 8 {
-            bytes[from..8].copy_from_slice(&expected[from..]);
-        }
-        let start = from.max(8);
-        bytes[start..].copy_from_slice(&self.window()[start - 8..]);
+        pattern::fill_from(self.ptr, from, self.size, self.tag);
     }
 
     /// Whether the first `len` bytes hold the pattern.
     fn holds_pattern(&self, len: usize) -> bool {
-        // SAFETY: I1, the block is ours and at least `len <= size` bytes long.
-        let bytes = unsafe { std::slice::from_raw_parts(self.ptr, len) };
-        let tag = self.tag.to_le_bytes();
-        let head = len.min(8);
-        bytes[..head] == tag[..head] && (len <= 8 || bytes[8..] == self.window()[..len - 8])
+        pattern::holds(self.ptr, len, self.tag)
     }
 }
 
@@ -392,23 +336,6 @@ fn storm(ops: usize) -> Totals {
     t
 }
 
-/// Aborts the process if the returned guard is not dropped within a minute: a hang in
-/// a lock-free allocator is a bug, and a stuck test would otherwise never report it.
-fn watchdog(what: &'static str) -> mpsc::Sender<()> {
-    let (done, wait) = mpsc::channel::<()>();
-    if cfg!(miri) {
-        // Interpreted, a run takes minutes: the time limit would fire spuriously.
-        return done;
-    }
-    thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(60)) {
-            eprintln!("watchdog: `{what}` did not finish within 60 s (deadlock or livelock?)");
-            std::process::abort();
-        }
-    });
-    done
-}
-
 fn assert_clean(t: &Totals) {
     let allocated = t.allocated.load(Ordering::Relaxed);
     eprintln!(
@@ -443,8 +370,13 @@ fn assert_clean(t: &Totals) {
 
 #[test]
 fn eight_threads_share_one_heap() {
+    // Every test here measures `A` as a whole, so they take turns.
     let _turn = serial();
-    let _watchdog = watchdog("eight_threads_share_one_heap");
+    let _watchdog = watchdog(
+        "`eight_threads_share_one_heap` (deadlock or livelock?)",
+        MINUTE,
+        String::new,
+    );
     let t = storm(ops_per_thread());
     assert_clean(&t);
     assert!(t.reallocs.load(Ordering::Relaxed) > 0);
@@ -495,7 +427,11 @@ fn fill_and_free(size: usize, align: usize) -> usize {
 #[test]
 fn heap_is_whole_again_after_a_storm() {
     let _turn = serial();
-    let _watchdog = watchdog("heap_is_whole_again_after_a_storm");
+    let _watchdog = watchdog(
+        "`heap_is_whole_again_after_a_storm` (deadlock or livelock?)",
+        MINUTE,
+        String::new,
+    );
     assert_clean(&storm(ops_per_thread() / 4));
 
     // The storm left chunks formatted for every class, some parked in active slots.

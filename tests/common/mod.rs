@@ -1,22 +1,45 @@
-//! A reference model of the allocator contract, shared by the integration tests.
-//!
-//! It records every live block (address, requested size, alignment, fill byte) and
-//! checks what any correct allocator must satisfy: no two live blocks overlap, every
-//! pointer meets its alignment, contents survive until free and across realloc, zeroed
-//! memory reads zero, and `usable_size` covers the request.
-//!
-//! [`storm`] (Unix) is the signal storm that `signals.rs` and `mmap_signals.rs` share.
+//! The tests' shared harness. Every integration test binary includes it (`mod common;`)
+//! and uses what it needs:
+//! - [`Model`], a reference model of the allocator contract: it records every live
+//!   block (address, requested size, alignment, pattern seed) and checks what any
+//!   correct allocator must satisfy: no two live blocks overlap, every pointer meets its
+//!   alignment, contents survive until free and across realloc, zeroed memory reads
+//!   zero;
+//! - [`Rng`] ([`rng`]), the one pseudo-random generator;
+//! - [`pattern`], the one fill pattern blocks carry, and its checks;
+//! - [`watchdog`], the one hang detector, and [`serial`], the one process-wide test lock;
+//! - [`Fresh`], a zeroed `SigAlloc` on the system heap;
+//! - (Unix) [`signal`], handlers and timers, and [`storm`], the signal storm that
+//!   `signals.rs` and `mmap_signals.rs` share.
 #![allow(
     dead_code,
+    unused_imports,
     unreachable_pub,
     clippy::unwrap_used,
     clippy::undocumented_unsafe_blocks
 )]
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
+pub mod pattern;
+pub mod rng;
+#[cfg(unix)]
+pub mod signal;
 #[cfg(unix)]
 pub mod storm;
+pub mod watchdog;
+
+pub use rng::{mix, Rng};
+pub use watchdog::{watchdog, Watchdog, MINUTE};
+
+/// Takes the process-wide test lock. Tests that install signal handlers or the step
+/// hook, or that measure a shared heap or the whole process, hold it for their whole
+/// run, so that they never overlap (the harness runs tests on several threads).
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// One live block as the model sees it.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +48,8 @@ pub struct Live {
     pub ptr: *mut u8,
     pub size: usize,
     pub align: usize,
-    pub fill: u8,
+    /// The seed of its [`pattern`].
+    pub seed: u64,
 }
 
 /// The live blocks, by address.
@@ -47,9 +71,9 @@ impl Model {
         self.live.values().map(|l| l.size.max(1)).sum()
     }
 
-    /// Records a new block, checking alignment and overlap, then fills it with `fill`.
-    /// If `zeroed`, first checks that it reads zero.
-    pub fn on_alloc(&mut self, p: *mut u8, size: usize, align: usize, zeroed: bool, fill: u8) {
+    /// Records a new block, checking alignment and overlap, then fills it with the
+    /// pattern of `seed`. If `zeroed`, first checks that it reads zero.
+    pub fn on_alloc(&mut self, p: *mut u8, size: usize, align: usize, zeroed: bool, seed: u64) {
         assert!(!p.is_null());
         let a = p as usize;
         assert_eq!(a % align, 0, "{a:#x} is not aligned to {align}");
@@ -64,18 +88,18 @@ impl Model {
         if zeroed {
             let s = unsafe { std::slice::from_raw_parts(p, size) };
             assert!(
-                s.iter().all(|&x| x == 0),
+                pattern::all_bytes(s, 0),
                 "zeroed block {a:#x}+{size} is not zero"
             );
         }
-        unsafe { std::ptr::write_bytes(p, fill, size) };
+        pattern::fill(p, size, seed);
         self.live.insert(
             a,
             Live {
                 ptr: p,
                 size,
                 align,
-                fill,
+                seed,
             },
         );
     }
@@ -86,19 +110,19 @@ impl Model {
             .live
             .remove(&(p as usize))
             .expect("freeing a block the model does not know");
-        check_fill(p, l.size, l.fill);
+        pattern::verify(p, l.size, l.seed, "on free");
         l
     }
 
-    /// Checks that the first `keep` bytes of a reallocated block kept their contents,
-    /// then records it under its new address and size.
-    pub fn on_realloc(&mut self, old: *mut u8, new: *mut u8, size: usize, align: usize, fill: u8) {
+    /// Checks that the bytes a reallocated block kept hold their contents, then records
+    /// it under its new address and size.
+    pub fn on_realloc(&mut self, old: *mut u8, new: *mut u8, size: usize, align: usize, seed: u64) {
         let l = self
             .live
             .remove(&(old as usize))
             .expect("realloc of a block the model does not know");
-        check_fill(new, l.size.min(size), l.fill);
-        self.on_alloc(new, size, align, false, fill);
+        pattern::verify(new, l.size.min(size), l.seed, "on realloc");
+        self.on_alloc(new, size, align, false, seed);
     }
 
     /// Any live block (for tests that free at random).
@@ -112,23 +136,22 @@ impl Model {
             .map(|(_, &l)| (l.ptr, l))
     }
 
+    /// Checks every live block's pattern, frees it through `a.free` and forgets it. The
+    /// blocks must be `a`'s (each recorded once, so each is freed once).
+    pub fn free_all<const N: usize>(&mut self, a: &sigalloc::SigAlloc<N>) {
+        for (p, l) in self.drain() {
+            pattern::verify(p, l.size, l.seed, "free_all");
+            // SAFETY: a live block of `a` (the caller's contract), forgotten by the model.
+            unsafe { a.free(p) };
+        }
+    }
+
     /// Every live block, then forgets them.
     pub fn drain(&mut self) -> Vec<(*mut u8, Live)> {
         std::mem::take(&mut self.live)
             .into_values()
             .map(|l| (l.ptr, l))
             .collect()
-    }
-}
-
-/// Asserts that `size` bytes at `p` all equal `fill`.
-pub fn check_fill(p: *mut u8, size: usize, fill: u8) {
-    let s = unsafe { std::slice::from_raw_parts(p, size) };
-    if let Some(i) = s.iter().position(|&x| x != fill) {
-        panic!(
-            "block {p:p}+{size}: byte {i} is {:#x}, expected {fill:#x}",
-            s[i]
-        );
     }
 }
 
@@ -166,35 +189,5 @@ impl<const N: usize> Drop for Fresh<N> {
         let layout = std::alloc::Layout::new::<sigalloc::SigAlloc<N>>();
         // SAFETY: allocated in `new` with this very layout, freed once.
         unsafe { std::alloc::dealloc(self.0.cast(), layout) };
-    }
-}
-
-/// Puts back the signal action `old`, first setting `SIG_IGN` so that a signal still
-/// pending is discarded instead of reaching a handler that is going away.
-#[cfg(unix)]
-pub fn restore_signal(sig: libc::c_int, old: &libc::sigaction) {
-    // SAFETY: all-zero is a valid `sigaction`.
-    let mut ignore: libc::sigaction = unsafe { std::mem::zeroed() };
-    ignore.sa_sigaction = libc::SIG_IGN;
-    // SAFETY: valid pointers to initialised actions.
-    unsafe {
-        assert_eq!(libc::sigaction(sig, &ignore, std::ptr::null_mut()), 0);
-        assert_eq!(libc::sigaction(sig, old, std::ptr::null_mut()), 0);
-    }
-}
-
-/// A small deterministic PRNG (xorshift64*), so failures replay.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
     }
 }

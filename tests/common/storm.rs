@@ -19,12 +19,13 @@
 //! once the previous one has entered its handler and fewer than [`MAX_NEST`] handlers
 //! are running there; a handler raises the third signal only below `MAX_NEST` too.
 //!
-//! Every block has a unique nonzero tag; its contents are the tag, then a tag-derived
-//! byte, so any write its owner did not make shows. Each storm ([`Storm`]) supplies its
+//! Every block ([`block`]) has a unique nonzero tag; its contents are the tests' fill
+//! pattern seeded by the tag, so any write its owner did not make shows. Each storm ([`Storm`]) supplies its
 //! heap, its size distributions and a shadow of owner tags, one per 16-byte granule:
 //! a block's granules are claimed with a CAS from 0 to its tag when it is handed out
 //! and released with a CAS back before it is freed, so a failed CAS means two live
-//! blocks overlap (I1). A watchdog turns a deadlock or livelock (I4) into a failure.
+//! blocks overlap (I1). The caller's watchdog (`common::watchdog`, with [`progress`]
+//! as its report) turns a deadlock or livelock (I4) into a failure.
 //!
 //! What handlers reach (the handler, the block operations, the [`Storm`] hooks they
 //! call) uses only the allocator, atomics, `memset`/`memcmp`-like slice operations,
@@ -34,13 +35,19 @@
 // `src/`, where loom must see every atomic) does not concern.
 #![allow(clippy::disallowed_types)]
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use sigalloc::SigAlloc;
+
+use super::signal::{self, Timer};
+use super::{mix, Rng};
+
+mod block;
+
+use block::{alloc, free, pick_via, resize};
+pub use block::{Block, Via};
 
 pub const WORKERS: usize = 2;
 /// The timer signal (per-thread timers) and the cross-thread signal.
@@ -194,257 +201,6 @@ fn in_alloc<T>(w: Option<&WorkerState>, f: impl FnOnce() -> T) -> T {
 }
 
 // ---------------------------------------------------------------------------------
-// Blocks: pattern, shadow, verification. Used by handlers and workers alike.
-
-/// splitmix64.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn below(&mut self, n: usize) -> usize {
-        self.0 = mix(self.0);
-        (self.0 % n as u64) as usize
-    }
-
-    /// Uniform in `lo..=hi`.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    Malloc,
-    Calloc,
-    Global,
-}
-
-/// `malloc` or `calloc` (16-aligned), or `GlobalAlloc::alloc` aligned to
-/// `1 << (shift + rng.below(shifts))`, one in three each.
-fn pick_via(rng: &mut Rng, shift: usize, shifts: usize) -> (Via, usize) {
-    match rng.below(3) {
-        0 => (Via::Malloc, 16),
-        1 => (Via::Calloc, 16),
-        _ => (Via::Global, 1 << (shift + rng.below(shifts))),
-    }
-}
-
-/// A live block. Its contents: the tag (4 bytes, little endian, twice), then
-/// `fill_byte(tag)` in every other byte.
-#[derive(Clone, Copy)]
-pub struct Block {
-    pub ptr: *mut u8,
-    pub size: usize,
-    /// The bytes claimed in the shadow: `usable_size` at allocation.
-    pub usable: usize,
-    pub align: usize,
-    pub via: Via,
-    pub tag: u32,
-}
-
-fn fill_byte(tag: u32) -> u8 {
-    (mix(u64::from(tag)) >> 56) as u8
-}
-
-fn head(tag: u32) -> [u8; 8] {
-    (u64::from(tag) * 0x1_0000_0001).to_le_bytes()
-}
-
-fn new_tag() -> u32 {
-    let n = C.next_tag.fetch_add(1, Ordering::Relaxed);
-    // Nonzero; unique for the first 2^32 - 1 allocations (a test makes millions).
-    ((n - 1) % u32::MAX as usize) as u32 + 1
-}
-
-/// Claims the block's granules for its tag. A granule already owned means two live
-/// blocks overlap.
-fn shadow_claim<const N: usize, S: Storm<N>>(b: &Block) {
-    S::each_granule(b.ptr, b.usable, |g| {
-        // ORDERING: Relaxed: the allocator's hand-over orders a block's release before
-        // its reuse; seeing a stale tag is exactly the allocator bug we look for.
-        if g.compare_exchange(0, b.tag, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            S::overlap();
-        }
-    });
-}
-
-/// Releases the block's granules: done before the block goes back to the allocator.
-fn shadow_release<const N: usize, S: Storm<N>>(b: &Block) {
-    S::each_granule(b.ptr, b.usable, |g| {
-        // ORDERING: Relaxed, as in `shadow_claim`.
-        if g.compare_exchange(b.tag, 0, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
-            S::overlap();
-        }
-    });
-}
-
-/// The first `len` bytes of a block.
-///
-/// # Safety
-/// - the block is live and the caller's, `len <= b.size`, and no other reference to its
-///   bytes exists while the slice is used.
-unsafe fn bytes_of<'a>(b: &Block, len: usize) -> &'a mut [u8] {
-    // SAFETY: forwarded from our caller; the allocator handed out at least `size` bytes.
-    unsafe { std::slice::from_raw_parts_mut(b.ptr, len) }
-}
-
-/// Writes the block's pattern over bytes `from..size`.
-fn fill(b: &Block, from: usize) {
-    // SAFETY: I1, the block is ours (every caller holds it live), and this is the only
-    // reference to its bytes.
-    let bytes = unsafe { bytes_of(b, b.size) };
-    let tag = head(b.tag);
-    let n = b.size.min(8);
-    if from < n {
-        if let (Some(dst), Some(src)) = (bytes.get_mut(from..n), tag.get(from..n)) {
-            dst.copy_from_slice(src);
-        }
-    }
-    if let Some(body) = bytes.get_mut(from.max(8)..) {
-        body.fill(fill_byte(b.tag));
-    }
-}
-
-/// Counts the bytes among the first `len` that do not hold the block's pattern.
-fn check(b: &Block, len: usize) {
-    // SAFETY: as in `fill`; every caller passes `len <= size`.
-    let bytes = unsafe { bytes_of(b, len) };
-    let tag = head(b.tag);
-    let (hd, body) = bytes.split_at(len.min(8));
-    let x = fill_byte(b.tag);
-    // Every body byte equals `x` iff the first does and the body equals itself shifted
-    // by one: two `memcmp`-speed comparisons, fast even in debug builds.
-    let ok = tag.starts_with(hd)
-        && match body.split_first() {
-            None => true,
-            Some((&first, rest)) => first == x && rest == &body[..body.len() - 1],
-        };
-    if !ok {
-        let wrong = hd.iter().zip(&tag).filter(|(a, b)| a != b).count()
-            + body.iter().filter(|&&y| y != x).count();
-        C.corrupt_bytes.fetch_add(wrong.max(1), Ordering::Relaxed);
-    }
-}
-
-/// Allocates a block of `size` bytes `via` the given call (`w`: the calling worker;
-/// `None` in a handler).
-fn alloc<const N: usize, S: Storm<N>>(
-    w: Option<&WorkerState>,
-    size: usize,
-    align: usize,
-    via: Via,
-) -> Option<Block> {
-    let a = S::heap();
-    let layout = Layout::from_size_align(size, align).ok()?;
-    let ptr = in_alloc(w, || match via {
-        Via::Malloc => a.malloc(size),
-        Via::Calloc => a.calloc(1, size),
-        // SAFETY: `layout` has a non-zero size.
-        Via::Global => unsafe { GlobalAlloc::alloc(a, layout) },
-    });
-    if ptr.is_null() {
-        bump(&C.out_of_memory);
-        return None;
-    }
-    let usable = a.usable_size(ptr);
-    if ptr.addr() % align != 0 || usable < size {
-        bump(&C.bad_blocks);
-    }
-    if !S::tracks(ptr, usable.max(size)) {
-        // Not ours to write: leave it alone (a leak, and a failed test).
-        bump(&C.bad_blocks);
-        return None;
-    }
-    let b = Block {
-        ptr,
-        size,
-        usable: usable.max(size),
-        align,
-        via,
-        tag: new_tag(),
-    };
-    shadow_claim::<N, S>(&b);
-    if via == Via::Calloc {
-        // SAFETY: I1, the block was just handed to us; nothing else refers to it.
-        let bytes = unsafe { bytes_of(&b, size) };
-        if bytes.first() != Some(&0) || bytes[1..] != bytes[..size - 1] {
-            bump(&C.bad_blocks);
-        }
-    }
-    fill(&b, 0);
-    bump(&C.allocated);
-    S::allocated(w.is_none(), &b);
-    Some(b)
-}
-
-/// Checks and frees a block (`w`: the calling worker).
-fn free<const N: usize, S: Storm<N>>(w: Option<&WorkerState>, b: Block) {
-    let a = S::heap();
-    check(&b, b.size);
-    shadow_release::<N, S>(&b);
-    let layout = Layout::from_size_align(b.size, b.align).unwrap_or(Layout::new::<u8>());
-    in_alloc(w, || match b.via {
-        // SAFETY: a live block from `a.malloc`/`a.calloc`/`a.realloc`, freed once.
-        Via::Malloc | Via::Calloc => unsafe { a.free(b.ptr) },
-        // SAFETY: a live block from `GlobalAlloc::alloc`/`realloc` with this layout.
-        Via::Global => unsafe { GlobalAlloc::dealloc(a, b.ptr, layout) },
-    });
-    bump(&C.freed);
-}
-
-/// Resizes a block; checks that the kept prefix survived and extends the pattern.
-/// Returns the block, or `None` if the allocator answered with memory the storm does
-/// not track (left alone: a leak, and a failed test).
-fn resize<const N: usize, S: Storm<N>>(
-    w: Option<&WorkerState>,
-    mut b: Block,
-    new_size: usize,
-) -> Option<Block> {
-    let a = S::heap();
-    // The block may move: its old granules are free for others as soon as the
-    // allocator frees it, so release them first (and reclaim them if nothing moved).
-    shadow_release::<N, S>(&b);
-    let layout = Layout::from_size_align(b.size, b.align).unwrap_or(Layout::new::<u8>());
-    let new = in_alloc(w, || match b.via {
-        // SAFETY: a live block from `a.malloc`/`a.calloc`/`a.realloc`.
-        Via::Malloc | Via::Calloc => unsafe { a.realloc(b.ptr, new_size) },
-        // SAFETY: a live block with this layout; `new_size` is non-zero.
-        Via::Global => unsafe { GlobalAlloc::realloc(a, b.ptr, layout, new_size) },
-    });
-    if new.is_null() {
-        bump(&C.out_of_memory);
-        shadow_claim::<N, S>(&b);
-        return Some(b);
-    }
-    let usable = a.usable_size(new);
-    if new.addr() % b.align != 0 || usable < new_size {
-        bump(&C.bad_blocks);
-    }
-    if !S::tracks(new, usable.max(new_size)) {
-        bump(&C.bad_blocks);
-        return None;
-    }
-    let kept = b.size.min(new_size);
-    b.ptr = new;
-    b.usable = usable.max(new_size);
-    shadow_claim::<N, S>(&b);
-    check(&b, kept);
-    b.size = new_size;
-    fill(&b, kept);
-    Some(b)
-}
-
-// ---------------------------------------------------------------------------------
 // The handler.
 
 extern "C" fn on_signal<const N: usize, S: Storm<N>>(
@@ -508,109 +264,35 @@ fn handler_work<const N: usize, S: Storm<N>>(may_raise: bool) {
 // Installing handlers, timers, the storm.
 
 /// Installs `on_signal` for `sig`; returns the previous action.
+/// Installs `on_signal` for `sig`; returns the previous action.
 fn install<const N: usize, S: Storm<N>>(sig: libc::c_int, nested: bool) -> libc::sigaction {
-    // SAFETY: all-zero is a valid `sigaction` (empty mask, no flags), filled in below.
-    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-    sa.sa_sigaction = on_signal::<N, S>
-        as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-        as usize;
-    sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-    // SAFETY: `sa.sa_mask` is a valid, owned signal set.
-    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
     if nested {
         // Each signal interrupts the others' handlers; kills and raises interrupt their
         // own kind too (the killer and `MAX_NEST` bound them). The timer stays
         // deferred: nothing bounds its rate.
-        if sig != SIG_TIMER {
-            sa.sa_flags |= libc::SA_NODEFER;
-        }
+        let flags = if sig == SIG_TIMER {
+            0
+        } else {
+            libc::SA_NODEFER
+        };
+        signal::install(sig, on_signal::<N, S>, flags, &[])
     } else {
         // No storm signal interrupts a running handler.
-        for s in [SIG_TIMER, SIG_KILL, SIG_RAISE] {
-            // SAFETY: as above; `s` is a valid signal number.
-            unsafe { libc::sigaddset(&mut sa.sa_mask, s) };
-        }
-    }
-    // SAFETY: all-zero is a valid `sigaction`, overwritten by the call.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers; the handler is async-signal-safe (see `on_signal`).
-    let rc = unsafe { libc::sigaction(sig, &sa, &mut old) };
-    assert_eq!(rc, 0, "sigaction({sig})");
-    old
-}
-
-/// A per-thread interval timer that sends `sig` to the calling thread every
-/// `interval_ns` (Linux only; elsewhere a no-op: the storm comes from `pthread_kill`
-/// alone). Also used by `tests/global.rs`.
-#[cfg(target_os = "linux")]
-pub struct Timer(libc::timer_t);
-
-#[cfg(target_os = "linux")]
-impl Timer {
-    pub fn start(sig: libc::c_int, interval_ns: libc::c_long) -> Timer {
-        // SAFETY: all-zero is a valid `sigevent`, filled in below.
-        let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
-        sev.sigev_notify = libc::SIGEV_THREAD_ID;
-        sev.sigev_signo = sig;
-        // SAFETY: `gettid` has no preconditions.
-        sev.sigev_notify_thread_id = unsafe { libc::syscall(libc::SYS_gettid) } as libc::c_int;
-        let mut id: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: valid pointers; the timer targets this (live) thread.
-        let rc = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut sev, &mut id) };
-        assert_eq!(rc, 0, "timer_create");
-        let every = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: interval_ns,
-        };
-        let its = libc::itimerspec {
-            it_interval: every,
-            it_value: every,
-        };
-        // SAFETY: `id` is the timer just created.
-        let rc = unsafe { libc::timer_settime(id, 0, &its, std::ptr::null_mut()) };
-        assert_eq!(rc, 0, "timer_settime");
-        Timer(id)
+        signal::install(sig, on_signal::<N, S>, 0, &[SIG_TIMER, SIG_KILL, SIG_RAISE])
     }
 }
 
-#[cfg(target_os = "linux")]
-impl Drop for Timer {
-    fn drop(&mut self) {
-        // SAFETY: the timer was created by `start` and is deleted once.
-        unsafe { libc::timer_delete(self.0) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub struct Timer;
-
-#[cfg(not(target_os = "linux"))]
-impl Timer {
-    pub fn start(_sig: libc::c_int, _interval_ns: libc::c_long) -> Timer {
-        Timer
-    }
-}
-
-/// Aborts the process if the returned guard is not dropped within a minute: a handler
-/// that deadlocks on the thread it interrupted would otherwise hang the test forever.
-/// The report reads "watchdog: {what} did not finish within 60 s ({suspect}); ...".
-pub fn watchdog(what: &'static str, suspect: &'static str) -> mpsc::Sender<()> {
-    let (done, wait) = mpsc::channel::<()>();
-    thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(Duration::from_secs(60)) {
-            eprintln!(
-                "watchdog: {what} did not finish within 60 s ({suspect}); \
-                 worker ops done: {:?}, handler runs: {}",
-                WORKER
-                    .iter()
-                    .map(|w| w.ops.load(Ordering::Relaxed))
-                    .collect::<Vec<_>>(),
-                get(&C.handler_runs),
-            );
-            std::process::abort();
-        }
-    });
-    done
+/// What the storm has done so far, for a watchdog's report: `"; worker ops done: [..],
+/// handler runs: N"`.
+pub fn progress() -> String {
+    format!(
+        "; worker ops done: {:?}, handler runs: {}",
+        WORKER
+            .iter()
+            .map(|w| w.ops.load(Ordering::Relaxed))
+            .collect::<Vec<_>>(),
+        get(&C.handler_runs),
+    )
 }
 
 fn worker<const N: usize, S: Storm<N>>(i: usize) {
@@ -735,7 +417,7 @@ pub fn run<const N: usize, S: Storm<N>>(nested: bool) -> usize {
     // Every worker has exited: no signal is pending on any of them, and no handler runs.
     RAISE.store(false, Ordering::Relaxed);
     for (sig, old) in &old {
-        super::restore_signal(*sig, old);
+        signal::restore(*sig, old);
     }
     for w in &WORKER {
         w.thread.store(0, Ordering::Relaxed);
