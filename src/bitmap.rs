@@ -83,7 +83,16 @@ impl<'a> Bitmap<'a> {
 
     /// Number of set bits in `lo..hi` (a snapshot).
     pub(crate) fn count(&self, lo: usize, hi: usize) -> usize {
-        (lo..hi.min(self.len)).filter(|&i| self.get(i)).count()
+        let hi = hi.min(self.len);
+        if lo >= hi {
+            return 0;
+        }
+        (lo / W..hi.div_ceil(W))
+            .map(|w| {
+                let inside = mask(lo.max(w * W) - w * W, hi.min((w + 1) * W) - w * W);
+                (self.load_word(w) & inside).count_ones() as usize
+            })
+            .sum()
     }
 
     /// Takes any set bit, clearing it; returns its index.
@@ -204,7 +213,6 @@ impl<'a> Bitmap<'a> {
     }
 
     /// Word `w` of the map (bits `w * usize::BITS..`), bits past the end masked off.
-    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
     pub(crate) fn load_word(&self, w: usize) -> usize {
         // ORDERING: Relaxed: a snapshot for a scan; whoever acts on a bit claims it.
         self.words
@@ -212,24 +220,7 @@ impl<'a> Bitmap<'a> {
             .map_or(0, |x| x.load(Ordering::Relaxed) & self.valid(w))
     }
 
-    /// Replaces word `w` with `v` (masked to the map), returning the old bits.
-    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
-    pub(crate) fn swap_word(&self, w: usize, v: usize) -> usize {
-        let v = v & self.valid(w);
-        // ORDERING: Relaxed: only used for the idle map, a hint (see `mapped.rs`).
-        self.words
-            .get(w)
-            .map_or(0, |x| x.swap(v, Ordering::Relaxed) & self.valid(w))
-    }
-
-    /// Words the map spans.
-    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
-    pub(crate) fn word_count(&self) -> usize {
-        Self::words_for(self.len)
-    }
-
     /// The bits of word `w` that lie inside the map.
-    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
     fn valid(&self, w: usize) -> usize {
         let lo = w.saturating_mul(W);
         if lo >= self.len {

@@ -224,19 +224,16 @@ impl AtomicPtr {
     }
 }
 
-/// A cell holding an optional function pointer (an error hook), kept as a pointer so
-/// that calling it keeps provenance.
-pub(crate) struct FnCell(imp::AtomicPtr<()>);
+/// A cell holding an optional function pointer (the error hook), kept as a pointer so
+/// that calling it keeps provenance. It takes part in no protocol, so it is a plain
+/// `core` atomic even under loom, and a `static` can hold it.
+#[cfg(feature = "checked")]
+pub(crate) struct FnCell(core::sync::atomic::AtomicPtr<()>);
 
-#[allow(dead_code)]
+#[cfg(feature = "checked")]
 impl FnCell {
-    #[cfg(not(loom))]
     pub(crate) const fn new() -> Self {
-        FnCell(imp::AtomicPtr::new(core::ptr::null_mut()))
-    }
-    #[cfg(loom)]
-    pub(crate) fn new() -> Self {
-        FnCell(imp::AtomicPtr::new(core::ptr::null_mut()))
+        FnCell(core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()))
     }
     /// Stores a function pointer cast to `*mut ()` (or null).
     pub(crate) fn set(&self, f: *mut ()) {
