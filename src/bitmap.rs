@@ -178,6 +178,46 @@ impl<'a> Bitmap<'a> {
         }
     }
 
+    /// Claims `n` consecutive clear bits within `lo..hi` whose first index is `phase`
+    /// modulo `step` (an aligned address, for `step` chunks of alignment); returns the
+    /// first. Rare (alignments above a chunk), so it simply tries each aligned start.
+    pub(crate) fn claim_run_aligned(
+        &self,
+        lo: usize,
+        hi: usize,
+        n: usize,
+        step: usize,
+        phase: usize,
+    ) -> Option<usize> {
+        if step <= 1 {
+            return self.claim_run(lo, hi, n);
+        }
+        let hi = hi.min(self.len);
+        let mut start = lo + (phase % step + step - lo % step) % step;
+        while start.checked_add(n)? <= hi {
+            if self.is_clear(start, n) && self.claim_range(start, n) {
+                return Some(start);
+            }
+            start += step;
+        }
+        None
+    }
+
+    /// Whether bits `start..start + n` are all clear (a snapshot).
+    fn is_clear(&self, start: usize, n: usize) -> bool {
+        let end = start.saturating_add(n).min(self.len);
+        let mut i = start;
+        while i < end {
+            let wi = i / W;
+            let hi = (end - wi * W).min(W);
+            if self.load_word(wi) & mask(i % W, hi) != 0 {
+                return false;
+            }
+            i = wi * W + hi;
+        }
+        true
+    }
+
     /// Claims exactly bits `start..start + n`, all or nothing.
     pub(crate) fn claim_range(&self, start: usize, n: usize) -> bool {
         let Some(end) = start.checked_add(n) else {

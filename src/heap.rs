@@ -260,7 +260,7 @@ impl Heap {
                 return Some(got);
             }
         }
-        let (region, chunk) = self.claim_chunks_slow(mem, 1)?;
+        let (region, chunk) = self.claim_chunks_slow(mem, 1, CHUNK)?;
         region.desc(chunk)?.format(class);
         self.pop_and_keep(mem, &region, class, chunk, hint)
     }
@@ -329,24 +329,39 @@ impl Heap {
         self.peak_chunks.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// Claims `chunks` consecutive free chunks of `region`.
-    fn claim_free(&self, region: &Region, chunks: usize) -> Option<usize> {
-        let first = region
-            .used()
-            .claim_run(region.first(), region.end(), chunks)?;
+    /// Claims `chunks` consecutive free chunks of `region`, the first at an address
+    /// aligned to `align`.
+    fn claim_free(&self, region: &Region, chunks: usize, align: usize) -> Option<usize> {
+        let used = region.used();
+        let first = if align <= CHUNK {
+            used.claim_run(region.first(), region.end(), chunks)?
+        } else {
+            // Chunk `i` is aligned when `i` is `phase` modulo `step`.
+            let step = align / CHUNK;
+            let base = region.chunk_base(0).addr();
+            let phase = (align - base % align) % align / CHUNK;
+            used.claim_run_aligned(region.first(), region.end(), chunks, step, phase)?
+        };
         self.count_claimed(chunks);
         Some(first)
     }
 
-    /// Claims `chunks` consecutive free chunks in any region, reclaiming idle slot
-    /// chunks if none are free, and growing the heap as the last resort.
+    /// Claims `chunks` consecutive free chunks in any region, the first aligned to
+    /// `align`, reclaiming idle slot chunks if none are free, and growing the heap as
+    /// the last resort.
     #[cold]
     #[inline(never)]
-    fn claim_chunks_slow(&self, mem: &Memory, chunks: usize) -> Option<(Region, usize)> {
+    fn claim_chunks_slow(
+        &self,
+        mem: &Memory,
+        chunks: usize,
+        align: usize,
+    ) -> Option<(Region, usize)> {
         let any = |heap: &Self| {
-            mem.regions
-                .all()
-                .find_map(|region| heap.claim_free(&region, chunks).map(|at| (region, at)))
+            mem.regions.all().find_map(|region| {
+                heap.claim_free(&region, chunks, align)
+                    .map(|at| (region, at))
+            })
         };
         if let Some(got) = any(self) {
             return Some(got);
@@ -365,9 +380,11 @@ impl Heap {
         // interrupted by a handler that allocates, right after mapping it): then look
         // everywhere again and grow again. Each round someone else made progress, and
         // growth ends when the source refuses.
+        // A new region with room for an aligned run holds `align / CHUNK - 1` more.
+        let room = chunks.checked_add((align / CHUNK).saturating_sub(1))?;
         loop {
-            let region = mem.source.grow(&mem.regions, chunks)?;
-            if let Some(at) = self.claim_free(&region, chunks) {
+            let region = mem.source.grow(&mem.regions, room)?;
+            if let Some(at) = self.claim_free(&region, chunks, align) {
                 return Some((region, at));
             }
             if let Some(got) = any(self) {
@@ -412,7 +429,7 @@ impl Heap {
         if chunks >= MAX_REGION_CHUNKS {
             return None;
         }
-        let (region, first) = self.claim_chunks_slow(mem, chunks)?;
+        let (region, first) = self.claim_chunks_slow(mem, chunks, align)?;
         let mut zero = true;
         for chunk in first..first + chunks {
             if let Some(d) = region.desc(chunk) {
@@ -516,9 +533,9 @@ impl Heap {
         match (*block, want) {
             (Block::Small { class, .. }, Fit::Small(wanted)) => class == wanted,
             (Block::Span { at, chunks }, Fit::Span(wanted)) => {
-                self.resize_span_slow(at, chunks, wanted)
+                at.chunk_base().addr() % align == 0 && self.resize_span_slow(at, chunks, wanted)
             }
-            (Block::Huge { usable, .. }, _) => huge_keeps(usable, size) && align <= CHUNK,
+            (Block::Huge { ptr, usable }, _) => huge_keeps(usable, size) && ptr.addr() % align == 0,
             _ => false,
         }
     }

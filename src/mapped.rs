@@ -158,6 +158,26 @@ impl Mapped {
     }
 }
 
+/// Maps `len` bytes whose end of the header page, `HEADER` bytes in, is aligned to
+/// `align` (above a page): maps `len + align` and gives back what lies before and after.
+fn map_aligned(len: usize, align: usize) -> Option<*mut u8> {
+    let total = len.checked_add(align)?;
+    let wide = os::map(total)?;
+    let lead = (align - (wide.addr() + HEADER) % align) % align;
+    let start = wide.wrapping_add(lead);
+    let trail = total - lead - len;
+    if lead > 0 {
+        // SAFETY: the first `lead` bytes of our own fresh mapping, page-aligned (both
+        // ends are multiples of the page), unused.
+        unsafe { os::unmap(wide, lead) };
+    }
+    if trail > 0 {
+        // SAFETY: as above, the last `trail` bytes.
+        unsafe { os::unmap(start.wrapping_add(len), trail) };
+    }
+    Some(start)
+}
+
 /// Chunks at the end of a mapping of `total` chunks that hold the idle map of the
 /// region in front of them (one bit per chunk of the whole mapping, which covers it).
 const fn idle_chunks(total: usize) -> usize {
@@ -258,10 +278,15 @@ impl Run {
 }
 
 impl Mapped {
-    /// Maps a huge block of `size` bytes; `None` if the OS or the table refuses.
-    fn map_huge(&self, size: usize) -> Option<*mut u8> {
+    /// Maps a huge block of `size` bytes aligned to `align`; `None` if the OS or the
+    /// table refuses.
+    fn map_huge(&self, size: usize, align: usize) -> Option<*mut u8> {
         let len = size.checked_add(HEADER)?.checked_next_multiple_of(CHUNK)?;
-        let base = os::map(len)?;
+        let base = if align <= CHUNK {
+            os::map(len)?
+        } else {
+            map_aligned(len, align)?
+        };
         // SAFETY: a fresh mapping of `len >= HEADER` bytes, ours, aligned for `usize`.
         unsafe { base.cast::<usize>().write(len) };
         let p = base.wrapping_add(HEADER);
@@ -367,10 +392,10 @@ impl Source for Mapped {
     }
 
     fn alloc_huge(&self, size: usize, align: usize) -> Option<*mut u8> {
-        if size < HUGE_THRESHOLD || align > CHUNK || !self.enabled() {
+        if size < HUGE_THRESHOLD || !self.enabled() {
             return None;
         }
-        self.map_huge(size)
+        self.map_huge(size, align)
     }
 
     fn huge_size(&self, ptr: *const u8) -> Option<usize> {
