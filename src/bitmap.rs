@@ -10,6 +10,18 @@
 //!   [`Bitmap::take_any`] removes a listing; the chunk's anchor then decides whether the
 //!   taker really gets the chunk (see `chunk.rs`).
 //!
+//! A partial map has a *summary*: one bit per word of the map, set when the word may
+//! hold a set bit, so a search for a listing reads one summary word per 64 map words
+//! and an empty map costs a load or two, however large the region. The rule that keeps
+//! it exact: a summary bit is set after every bit set in its word (Release), and is
+//! cleared only by whoever empties the word, who then looks at the word again and sets
+//! the summary bit back if it is no longer empty. Every change of a summary word is an
+//! RMW, so the clearer's AcqRel RMW either comes first (and the setter's later set
+//! stands) or reads from the setter's Release RMW, after which the clearer's second look
+//! sees the setter's bit. Either way no set bit is left without its summary bit once
+//! its setter has returned (the loom model `summary_keeps_every_listing` checks it).
+//! A setter stopped between its two RMWs hides only its own bit until it resumes.
+//!
 //! A run claim takes its words in ascending order, one CAS per word, and gives back what
 //! it took if a later word turns out to be taken. A CAS fails only because another
 //! thread changed the word, so someone always makes progress (I4); a thread stopped
@@ -21,10 +33,12 @@ use crate::sync::{AtomicUsize, Ordering};
 
 const W: usize = usize::BITS as usize;
 
-/// A view of `len` bits stored in shared words.
+/// A view of `len` bits stored in shared words, with an optional summary.
 #[derive(Clone, Copy)]
 pub(crate) struct Bitmap<'a> {
     words: &'a [AtomicUsize],
+    /// One bit per word of `words` (see the module docs); empty for no summary.
+    summary: &'a [AtomicUsize],
     len: usize,
 }
 
@@ -48,7 +62,50 @@ impl<'a> Bitmap<'a> {
     /// A view of `len` bits over `words` (which must hold at least `words_for(len)`).
     pub(crate) fn new(words: &'a [AtomicUsize], len: usize) -> Self {
         let len = len.min(words.len() * W);
-        Bitmap { words, len }
+        Bitmap {
+            words,
+            summary: &[],
+            len,
+        }
+    }
+
+    /// A view as [`new`](Self::new) gives, kept with a summary of
+    /// `words_for(words_for(len))` words.
+    pub(crate) fn with_summary(
+        words: &'a [AtomicUsize],
+        summary: &'a [AtomicUsize],
+        len: usize,
+    ) -> Self {
+        let len = len.min(words.len() * W).min(summary.len() * W * W);
+        Bitmap {
+            words,
+            summary,
+            len,
+        }
+    }
+
+    /// Sets word `wi`'s summary bit, after a bit of that word was set.
+    #[inline(always)]
+    fn summarize(&self, wi: usize) {
+        if let Some(s) = self.summary.get(wi / W) {
+            // ORDERING: Release pairs with the AcqRel clear in `unsummarize`: whoever
+            // clears this summary bit after us sees our bit in the word.
+            s.fetch_or(1 << (wi % W), Ordering::Release);
+        }
+    }
+
+    /// Clears word `wi`'s summary bit after the caller emptied the word, unless the
+    /// word has meanwhile been set again (see the module docs).
+    fn unsummarize(&self, wi: usize) {
+        let Some(s) = self.summary.get(wi / W) else {
+            return;
+        };
+        // ORDERING: AcqRel: Acquire pairs with the Release set in `summarize`, so the
+        // look below sees the bit of any setter whose summary set we are clearing.
+        s.fetch_and(!(1 << (wi % W)), Ordering::AcqRel);
+        if self.load_word(wi) != 0 {
+            self.summarize(wi);
+        }
     }
 
     #[inline(always)]
@@ -62,6 +119,7 @@ impl<'a> Bitmap<'a> {
         if let Some(w) = self.word(i) {
             // ORDERING: Release pairs with the Acquire in `take_any`/`claim_*`.
             w.fetch_or(1 << (i % W), Ordering::Release);
+            self.summarize(i / W);
         }
     }
 
@@ -69,8 +127,12 @@ impl<'a> Bitmap<'a> {
     /// chunk whose reset descriptor the next claimer must see.
     pub(crate) fn clear(&self, i: usize) {
         if let Some(w) = self.word(i) {
+            let m = 1 << (i % W);
             // ORDERING: Release pairs with the Acquire CAS in `claim_one`/`claim_run`.
-            w.fetch_and(!(1 << (i % W)), Ordering::Release);
+            let old = w.fetch_and(!m, Ordering::Release);
+            if old & m != 0 && old & !m == 0 {
+                self.unsummarize(i / W);
+            }
         }
     }
 
@@ -95,23 +157,47 @@ impl<'a> Bitmap<'a> {
             .sum()
     }
 
-    /// Takes any set bit, clearing it; returns its index.
+    /// Takes any set bit, clearing it; returns its index. With a summary, only words
+    /// whose summary bit is set are read.
     pub(crate) fn take_any(&self) -> Option<usize> {
-        for (wi, w) in self.words.iter().enumerate() {
-            // ORDERING: Relaxed scan; the Acquire RMW below is what synchronizes.
-            let mut cur = w.load(Ordering::Relaxed);
-            while cur != 0 {
-                let bit = cur.trailing_zeros() as usize;
-                let m = 1usize << bit;
-                // ORDERING: Acquire pairs with the Release in `set`: the setter's
-                // anchor change happens-before our read of the anchor.
-                let old = w.fetch_and(!m, Ordering::Acquire);
-                let idx = wi * W + bit;
-                if old & m != 0 && idx < self.len {
+        if self.summary.is_empty() {
+            return (0..self.words.len()).find_map(|wi| self.take_in(wi));
+        }
+        for (si, s) in self.summary.iter().enumerate() {
+            // ORDERING: Relaxed scan; the map word's Acquire RMW synchronizes.
+            let mut sum = s.load(Ordering::Relaxed);
+            while sum != 0 {
+                let wi = si * W + sum.trailing_zeros() as usize;
+                sum &= sum - 1;
+                if let Some(idx) = self.take_in(wi) {
                     return Some(idx);
                 }
-                cur = old & !m;
             }
+        }
+        None
+    }
+
+    /// Takes any set bit of word `wi`.
+    fn take_in(&self, wi: usize) -> Option<usize> {
+        let w = self.words.get(wi)?;
+        // ORDERING: Relaxed scan; the Acquire RMW below is what synchronizes.
+        let mut cur = w.load(Ordering::Relaxed);
+        while cur != 0 {
+            let bit = cur.trailing_zeros() as usize;
+            let m = 1usize << bit;
+            // ORDERING: Acquire pairs with the Release in `set`: the setter's anchor
+            // change happens-before our read of the anchor.
+            let old = w.fetch_and(!m, Ordering::Acquire);
+            let idx = wi * W + bit;
+            if old & m != 0 {
+                if old & !m == 0 {
+                    self.unsummarize(wi);
+                }
+                if idx < self.len {
+                    return Some(idx);
+                }
+            }
+            cur = old & !m;
         }
         None
     }
@@ -145,6 +231,10 @@ impl<'a> Bitmap<'a> {
     }
 
     /// Claims `n` consecutive clear bits within `lo..hi`, lowest first; returns the first.
+    ///
+    /// A word at a time: a word with no clear bit is passed in one step, and within a
+    /// word the next set bit and the set bits after it are found with one count each.
+    /// If another thread takes part of the run first, the scan goes on from there.
     pub(crate) fn claim_run(&self, lo: usize, hi: usize, n: usize) -> Option<usize> {
         if n == 0 {
             return None;
@@ -153,29 +243,31 @@ impl<'a> Bitmap<'a> {
             return self.claim_one(lo, hi);
         }
         let hi = hi.min(self.len);
-        'scan: loop {
-            let mut start = lo;
-            let mut i = lo;
-            let mut cur = 0usize;
-            while i < hi {
-                if i == lo || i % W == 0 {
-                    // ORDERING: Relaxed scan; `claim_range` synchronizes.
-                    cur = self
-                        .word(i)
-                        .map_or(usize::MAX, |w| w.load(Ordering::Relaxed));
+        let mut start = lo; // where the clear run being measured begins
+        let mut i = lo; // the next bit to look at
+        while i < hi {
+            let (wi, b) = (i / W, i % W);
+            let width = (W - b).min(hi - i);
+            // The used bits of `i..i + width`, shifted down to bit 0.
+            let used = (self.load_word(wi) >> b) & mask(0, width);
+            let clear = used.trailing_zeros() as usize; // clear bits before the next used
+            if i + clear.min(width) - start >= n {
+                if self.claim_range(start, n) {
+                    return Some(start);
                 }
-                if cur & (1 << (i % W)) != 0 {
-                    start = i + 1;
-                } else if i + 1 - start == n {
-                    if self.claim_range(start, n) {
-                        return Some(start);
-                    }
-                    continue 'scan;
-                }
-                i += 1;
+                // Someone took part of it: measure again from the same start.
+                i = start;
+                continue;
             }
-            return None;
+            if used == 0 {
+                i += width;
+            } else {
+                let taken = (used >> clear).trailing_ones() as usize;
+                i += clear + taken;
+                start = i;
+            }
         }
+        None
     }
 
     /// Claims `n` consecutive clear bits within `lo..hi` whose first index is `phase`
@@ -325,6 +417,34 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_found_between_scattered_used_bits() {
+        let w = words(4);
+        let b = Bitmap::new(&w, 250);
+        // Used: every 7th bit, except a gap of 30 clear bits at 131..161.
+        for i in (0..250).step_by(7) {
+            if !(131..161).contains(&i) {
+                assert!(b.claim_range(i, 1));
+            }
+        }
+        assert_eq!(b.claim_run(0, 250, 6), Some(1));
+        assert_eq!(b.claim_run(0, 250, 25), Some(127));
+        assert_eq!(b.claim_run(0, 250, 10), None);
+        assert_eq!(b.claim_run(0, 250, 9), Some(152));
+        assert_eq!(b.claim_run(0, 250, 7), None);
+        // The tail of the map counts, up to `hi` and no further.
+        let w = words(1);
+        let b = Bitmap::new(&w, 64);
+        assert!(b.claim_range(0, 60));
+        assert_eq!(b.claim_run(0, 64, 4), Some(60));
+        assert_eq!(b.claim_run(0, 64, 2), None);
+        let w = words(2);
+        let b = Bitmap::new(&w, 100);
+        assert_eq!(b.claim_run(10, 90, 80), Some(10));
+        assert_eq!(b.claim_run(0, 100, 11), None);
+        assert_eq!(b.claim_run(0, 100, 10), Some(0));
+    }
+
+    #[test]
     fn take_any_takes_each_bit_once() {
         let w = words(2);
         let b = Bitmap::new(&w, 128);
@@ -333,5 +453,71 @@ mod tests {
         let mut got = [b.take_any(), b.take_any(), b.take_any()];
         got.sort();
         assert_eq!(got, [None, Some(5), Some(100)]);
+    }
+}
+
+/// Loom models of the summary protocol (run by the loom gate with `--lib`).
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use std::sync::Arc;
+    use std::vec::Vec;
+
+    /// Two map words (128 bits) and their summary word.
+    struct Maps {
+        words: Vec<AtomicUsize>,
+        summary: Vec<AtomicUsize>,
+    }
+
+    impl Maps {
+        fn new() -> Arc<Maps> {
+            Arc::new(Maps {
+                words: (0..2).map(|_| AtomicUsize::new(0)).collect(),
+                summary: (0..1).map(|_| AtomicUsize::new(0)).collect(),
+            })
+        }
+        fn map(&self) -> Bitmap<'_> {
+            Bitmap::with_summary(&self.words, &self.summary, 128)
+        }
+    }
+
+    /// A taker that empties a word races a setter (and a clearer) of the same word:
+    /// after both, every bit still set is found through the summary, and every bit is
+    /// taken exactly once.
+    #[test]
+    fn summary_keeps_every_listing() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = runs.clone();
+        loom::model(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let maps = Maps::new();
+            maps.map().set(5);
+            maps.map().set(70);
+            let taker = {
+                let maps = maps.clone();
+                loom::thread::spawn(move || maps.map().take_any())
+            };
+            let setter = {
+                let maps = maps.clone();
+                loom::thread::spawn(move || {
+                    maps.map().set(7);
+                    maps.map().clear(70);
+                })
+            };
+            let mut got: Vec<usize> = taker.join().unwrap().into_iter().collect();
+            setter.join().unwrap();
+            while let Some(i) = maps.map().take_any() {
+                got.push(i);
+            }
+            got.sort_unstable();
+            // 70 may be taken before the clearer gets to it; 5 and 7 must both come out.
+            got.retain(|&i| i != 70);
+            assert_eq!(got, [5, 7]);
+            for w in &maps.summary {
+                assert_eq!(w.load(Ordering::Relaxed), 0, "a stale summary bit");
+            }
+        });
+        let n = runs.load(std::sync::atomic::Ordering::Relaxed);
+        std::println!("loom model summary_keeps_every_listing: {n} interleavings");
     }
 }

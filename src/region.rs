@@ -93,9 +93,14 @@ impl ChunkId {
     }
 }
 
+/// Summary words of one partial map of a region of `chunks` chunks.
+const fn summary_words(chunks: usize) -> usize {
+    Bitmap::words_for(Bitmap::words_for(chunks))
+}
+
 /// Bytes of metadata for a region of `chunks` chunks, and where the descriptors start.
 const fn layout(chunks: usize) -> (usize, usize) {
-    let words = Bitmap::words_for(chunks) * MAPS;
+    let words = Bitmap::words_for(chunks) * MAPS + summary_words(chunks) * (MAPS - 1);
     let desc_at = (words * size_of::<AtomicUsize>()).next_multiple_of(align_of::<Desc>());
     (desc_at + chunks * size_of::<Desc>(), desc_at)
 }
@@ -193,7 +198,7 @@ impl Region {
     /// - as for [`Region::init`].
     #[cfg(loom)]
     unsafe fn init_loom(&self, desc_at: usize) {
-        let words = Bitmap::words_for(self.n) * MAPS;
+        let words = Bitmap::words_for(self.n) * MAPS + summary_words(self.n) * (MAPS - 1);
         for i in 0..words {
             let p = self
                 .base
@@ -262,7 +267,16 @@ impl Region {
     /// Partial-chunk map `list` (taken modulo [`LISTS`]) of `class`.
     #[inline(always)]
     pub(crate) fn partial(&self, class: Class, list: usize) -> Bitmap<'_> {
-        Bitmap::new(self.words(1 + class.id() * LISTS + list % LISTS), self.n)
+        let which = class.id() * LISTS + list % LISTS;
+        let per = summary_words(self.n);
+        let after_maps = MAPS * Bitmap::words_for(self.n);
+        let p = self
+            .base
+            .wrapping_add((after_maps + which * per) * size_of::<AtomicUsize>());
+        // SAFETY: `Region::new`'s contract: the metadata area holds the summaries past
+        // the maps (`layout`), initialised, aligned, shared only through atomics.
+        let summary = unsafe { core::slice::from_raw_parts(p.cast::<AtomicUsize>(), per) };
+        Bitmap::with_summary(self.words(1 + which), summary, self.n)
     }
 
     /// The descriptor of chunk `chunk` (`chunk < end()`).
