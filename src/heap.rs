@@ -34,7 +34,6 @@ use crate::sync::{AtomicU32, AtomicUsize, Ordering};
 
 /// Active slots per class (one per partial list, so a slot hint names both).
 pub(crate) const SLOTS: usize = LISTS;
-const SLOT_BITS: u32 = SLOTS.trailing_zeros();
 static_assertions::const_assert!(SLOTS.is_power_of_two());
 
 /// One active slot: 0 for empty, or a [`ChunkId`] + 1. Padded so threads on different
@@ -117,11 +116,11 @@ pub(crate) struct Heap {
     hook: Hook,
 }
 
-/// The slot to try first (and the partial list to use): from the stack address, so no
-/// TLS and no initialisation (see `sync::stack_hash`).
+/// The slot to try first (and the partial list to use): the CPU, or a hash of the
+/// stack address, so no TLS and no initialisation (see `sync::thread_hint`).
 #[inline(always)]
 fn slot_hint() -> usize {
-    crate::sync::stack_hash() >> (usize::BITS - SLOT_BITS)
+    crate::sync::thread_hint() % SLOTS
 }
 
 /// A block handed out: its address, and whether its memory is known to be zero.

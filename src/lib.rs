@@ -14,6 +14,7 @@
 #[cfg(any(test, loom))]
 extern crate std;
 
+mod addrmap;
 mod bitmap;
 mod block;
 mod chunk;

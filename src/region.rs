@@ -27,18 +27,20 @@
 //! `u32`, so the active slots stay single words (I2).
 //!
 //! Pointer -> region: the static heap first (one compare, constant-folded), then the
-//! registry newest first. A growing source adds regions of geometrically growing size,
-//! so the newest region holds most of the memory and the walk is short; it is bounded
-//! by `MAX_REGIONS` in any case. Inside a region, pointer -> chunk is a shift.
+//! address map (`addrmap.rs`), which names the few regions that touch the pointer's
+//! 64 MiB granule: constant time, for claimed and mapped regions alike. Only where the
+//! map cannot tell (a granule shared by more regions than it has lanes) is the registry
+//! walked, newest first. Inside a region, pointer -> chunk is a shift.
 //!
 //! This layer knows regions, not where their memory came from: it never calls up into
 //! a source (`source.rs` calls down into it).
 //!
-//! Depends on: `sync`, `bitmap`, `chunk`, `class`. Upholds I1 (each chunk id names one
+//! Depends on: `sync`, `bitmap`, `chunk`, `class`, `addrmap`. Upholds I1 (each chunk id names one
 //! descriptor and one stretch of memory), I2, I4.
 
 use core::mem::{align_of, size_of};
 
+use crate::addrmap::{AddrMap, Found};
 use crate::bitmap::Bitmap;
 use crate::chunk::Desc;
 use crate::class::{Class, CHUNK, CHUNK_SHIFT, NCLASSES};
@@ -326,11 +328,13 @@ pub enum ClaimError {
     Full,
 }
 
-/// One registry entry: published when `base` turns non-null.
+/// One registry entry: published when `base` turns non-null. The region's shape is
+/// kept whole, so reading a region back is a few loads, with no arithmetic.
 struct Entry {
     base: AtomicPtr,
-    /// Length in bytes, a multiple of `CHUNK`.
-    len: AtomicUsize,
+    /// Chunks, and the first that serves allocations (the others hold metadata).
+    chunks: AtomicUsize,
+    first: AtomicUsize,
     /// Nonzero for a region a source mapped.
     mapped: AtomicUsize,
 }
@@ -340,6 +344,8 @@ pub(crate) struct Registry {
     /// Entries reserved so far (some may not be published yet).
     reserved: AtomicUsize,
     entries: [Entry; MAX_REGIONS],
+    /// Which regions touch each granule of the address space.
+    addrs: AddrMap,
 }
 
 impl Registry {
@@ -348,12 +354,14 @@ impl Registry {
         #[allow(clippy::declare_interior_mutable_const)]
         const ENTRY: Entry = Entry {
             base: AtomicPtr::null(),
-            len: AtomicUsize::new(0),
+            chunks: AtomicUsize::new(0),
+            first: AtomicUsize::new(0),
             mapped: AtomicUsize::new(0),
         };
         Registry {
             reserved: AtomicUsize::new(0),
             entries: [ENTRY; MAX_REGIONS],
+            addrs: AddrMap::new(),
         }
     }
 
@@ -363,9 +371,11 @@ impl Registry {
             reserved: AtomicUsize::new(0),
             entries: core::array::from_fn(|_| Entry {
                 base: AtomicPtr::null(),
-                len: AtomicUsize::new(0),
+                chunks: AtomicUsize::new(0),
+                first: AtomicUsize::new(0),
                 mapped: AtomicUsize::new(0),
             }),
+            addrs: AddrMap::new(),
         }
     }
 }
@@ -413,14 +423,15 @@ impl<'a> Regions<'a> {
         if base.is_null() {
             return None;
         }
-        // ORDERING: Relaxed (both): ordered by the Acquire above.
-        let len = e.len.load(Ordering::Relaxed);
-        let mapped = e.mapped.load(Ordering::Relaxed) != 0;
-        // SAFETY: `add`'s contract: `base` is CHUNK-aligned, valid for `len` bytes for
-        // the allocator's life, and its metadata was initialised before publication.
-        let mut region = unsafe { Region::new(base, len) };
-        region.key = RegionKey::new(id, mapped);
-        Some(region)
+        // ORDERING: Relaxed (all three): ordered by the Acquire above.
+        // `add` stored the shape of a region `Region::new` built over memory that its
+        // contract keeps valid for the allocator's life, its metadata initialised.
+        Some(Region {
+            base,
+            n: e.chunks.load(Ordering::Relaxed),
+            first: e.first.load(Ordering::Relaxed),
+            key: RegionKey::new(id, e.mapped.load(Ordering::Relaxed) != 0),
+        })
     }
 
     /// Every published region, the static heap first.
@@ -434,6 +445,21 @@ impl<'a> Regions<'a> {
     #[cold]
     #[inline(never)]
     pub(crate) fn find_other(&self, ptr: *const u8) -> Option<(Region, usize, usize)> {
+        match self.registry.addrs.find(ptr.addr()) {
+            Found::Lanes(ids) => ids.into_iter().filter(|&id| id != 0).find_map(|id| {
+                let region = self.get(id)?;
+                let (chunk, offset) = region.locate(ptr)?;
+                Some((region, chunk, offset))
+            }),
+            Found::Nothing => None,
+            Found::Walk => self.walk(ptr),
+        }
+    }
+
+    /// [`find_other`](Self::find_other) by walking the registry, newest first.
+    #[cold]
+    #[inline(never)]
+    fn walk(&self, ptr: *const u8) -> Option<(Region, usize, usize)> {
         // Newest first: mapped regions grow geometrically, so the newest holds most.
         (1..self.ids()).rev().find_map(|id| {
             let r = self.get(id)?;
@@ -478,11 +504,17 @@ impl<'a> Regions<'a> {
             }
         }
         let e = self.registry.entries.get(i).ok_or(ClaimError::Full)?;
-        // ORDERING: Relaxed (both): published by the Release store of the base below.
-        e.len.store(len, Ordering::Relaxed);
+        // ORDERING: Relaxed (all three): published by the Release store of the base.
+        e.chunks.store(r.n, Ordering::Relaxed);
+        e.first.store(r.first, Ordering::Relaxed);
         e.mapped.store(usize::from(mapped), Ordering::Relaxed);
+        // Into the address map before publication: a pointer into the region can only
+        // exist after it, so every lookup for one finds the region's id.
+        self.registry
+            .addrs
+            .insert(base.addr(), base.addr() + len, i + 1);
         // ORDERING: Release pairs with the Acquire load in `get`: the metadata and the
-        // length are visible to whoever sees the base.
+        // shape are visible to whoever sees the base.
         e.base.store(base, Ordering::Release);
         let mut r = r;
         r.key = RegionKey::new(i + 1, mapped);
