@@ -85,6 +85,10 @@ impl Slot {
     }
 }
 
+/// One shard of a counter, alone on its cache line.
+#[repr(align(64))]
+struct Shard(AtomicUsize);
+
 /// Why a free was refused (only ever reported; nothing is changed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -108,9 +112,12 @@ impl Refused {
 /// the regions).
 pub(crate) struct Heap {
     slots: [[Slot; SLOTS]; NCLASSES],
-    /// Chunks in use (formatted for a class or part of a span).
-    used_chunks: AtomicUsize,
-    /// The most chunks ever in use at once.
+    /// Chunks in use (formatted for a class or part of a span), counted in one shard
+    /// per slot hint so that threads on different CPUs write different cache lines; a
+    /// chunk claimed under one hint and retired under another leaves one shard above
+    /// and one below the truth (wrapping), and the sum exact.
+    used_chunks: [Shard; SLOTS],
+    /// The most chunks ever in use at once (raised only when the sum passes it).
     peak_chunks: AtomicUsize,
     /// Where faults found on the way are reported (checked mode).
     hook: Hook,
@@ -133,9 +140,11 @@ impl Heap {
         const SLOT: Slot = Slot(AtomicU32::new(0));
         #[allow(clippy::declare_interior_mutable_const)]
         const CLASS: [Slot; SLOTS] = [SLOT; SLOTS];
+        #[allow(clippy::declare_interior_mutable_const)]
+        const SHARD: Shard = Shard(AtomicUsize::new(0));
         Heap {
             slots: [CLASS; NCLASSES],
-            used_chunks: AtomicUsize::new(0),
+            used_chunks: [SHARD; SLOTS],
             peak_chunks: AtomicUsize::new(0),
             hook: Hook::new(),
         }
@@ -145,7 +154,7 @@ impl Heap {
     pub(crate) fn new() -> Heap {
         Heap {
             slots: core::array::from_fn(|_| core::array::from_fn(|_| Slot(AtomicU32::new(0)))),
-            used_chunks: AtomicUsize::new(0),
+            used_chunks: core::array::from_fn(|_| Shard(AtomicUsize::new(0))),
             peak_chunks: AtomicUsize::new(0),
             hook: Hook::new(),
         }
@@ -302,8 +311,7 @@ impl Heap {
                 region.partial(class, list).clear(chunk);
             }
         }
-        // ORDERING: Relaxed: a statistic.
-        self.used_chunks.fetch_sub(1, Ordering::Relaxed);
+        self.count_released(1);
         region.used().clear(chunk);
         mem.source.retired(&mem.regions, region);
     }
@@ -322,10 +330,40 @@ impl Heap {
         Some(chunk)
     }
 
+    /// This thread's shard of `used_chunks`.
+    #[inline(always)]
+    fn shard(&self) -> Option<&AtomicUsize> {
+        self.used_chunks.get(slot_hint()).map(|shard| &shard.0)
+    }
+
+    /// Chunks in use, summed over the shards (a snapshot).
+    fn used_chunks(&self) -> usize {
+        self.used_chunks
+            .iter()
+            // ORDERING: Relaxed: statistics.
+            .fold(0usize, |sum, shard| {
+                sum.wrapping_add(shard.0.load(Ordering::Relaxed))
+            })
+    }
+
     fn count_claimed(&self, chunks: usize) {
-        // ORDERING: Relaxed: statistics.
-        let now = self.used_chunks.fetch_add(chunks, Ordering::Relaxed) + chunks;
-        self.peak_chunks.fetch_max(now, Ordering::Relaxed);
+        if let Some(shard) = self.shard() {
+            // ORDERING: Relaxed: statistics.
+            shard.fetch_add(chunks, Ordering::Relaxed);
+        }
+        let now = self.used_chunks();
+        // ORDERING: Relaxed: statistics. Written only when passed, so a steady heap
+        // leaves the line shared.
+        if now > self.peak_chunks.load(Ordering::Relaxed) {
+            self.peak_chunks.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    fn count_released(&self, chunks: usize) {
+        if let Some(shard) = self.shard() {
+            // ORDERING: Relaxed: statistics (shards wrap; see `used_chunks`).
+            shard.fetch_sub(chunks, Ordering::Relaxed);
+        }
     }
 
     /// Claims `chunks` consecutive free chunks of `region`, the first at an address
@@ -395,8 +433,7 @@ impl Heap {
     /// Empties every slot, releasing its chunk, so chunks whose blocks are all free go
     /// back to the free map. Returns whether any chunk was retired.
     fn reclaim_slots(&self, mem: &Memory) -> bool {
-        // ORDERING: Relaxed: only compared before and after.
-        let before = self.used_chunks.load(Ordering::Relaxed);
+        let before = self.used_chunks();
         for class in Class::all() {
             for slot in 0..SLOTS {
                 let Some(id) = self.slot(class, slot).and_then(Slot::clear) else {
@@ -407,8 +444,7 @@ impl Heap {
                 }
             }
         }
-        // ORDERING: Relaxed, as above.
-        self.used_chunks.load(Ordering::Relaxed) < before
+        self.used_chunks() < before
     }
 
     /// A request above the largest class: a huge mapping if the source makes one, else
@@ -503,8 +539,7 @@ impl Heap {
         {
             return Err(Refused::DoubleFree);
         }
-        // ORDERING: Relaxed: a statistic.
-        self.used_chunks.fetch_sub(chunks, Ordering::Relaxed);
+        self.count_released(chunks);
         at.region.used().release_run(at.chunk, chunks);
         Ok(())
     }
@@ -550,7 +585,7 @@ impl Heap {
             // ORDERING: Relaxed (all below): the span is ours (the caller is resizing
             // it), and the used map's RMWs order the chunks themselves.
             d.span.store(want as u32, Ordering::Relaxed);
-            self.used_chunks.fetch_sub(have - want, Ordering::Relaxed);
+            self.count_released(have - want);
             region.used().release_run(first + want, have - want);
             true
         } else if first + want <= region.end()
