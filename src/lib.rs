@@ -15,16 +15,15 @@
 extern crate std;
 
 mod addrmap;
+mod allocator_api;
 mod bitmap;
 mod block;
 mod chunk;
 mod class;
 mod heap;
 mod inspect;
-#[cfg(feature = "mmap")]
-mod mapped;
-#[cfg(feature = "mmap")]
-mod os;
+mod mapped; // feature `mmap`
+mod os; // feature `mmap`
 mod region;
 mod report;
 mod source;

@@ -41,6 +41,7 @@
 //!
 //! Depends on: `sync`, `class`, `bitmap`, `region`, `source`, `os`. Upholds I1, I2,
 //! I4, I5.
+#![cfg(feature = "mmap")]
 
 use crate::bitmap::Bitmap;
 use core::mem::size_of;

@@ -8,6 +8,7 @@
 //! lock, which is what makes calling them from a handler safe in practice.
 //!
 //! Depends on: `libc`. Upholds I5.
+#![cfg(feature = "mmap")]
 
 #[cfg(not(unix))]
 compile_error!("the `mmap` feature needs a unix target (Linux first)");

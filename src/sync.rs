@@ -18,10 +18,20 @@
 
 pub(crate) use core::sync::atomic::Ordering;
 
-#[cfg(not(loom))]
+// The atomics behind the wrappers: `core`'s; `portable-atomic`'s on targets without
+// CAS (feature `portable-atomic`); loom's in models.
+#[cfg(all(not(loom), not(feature = "portable-atomic")))]
 use core::sync::atomic as imp;
 #[cfg(loom)]
 use loom::sync::atomic as imp;
+#[cfg(all(not(loom), feature = "portable-atomic"))]
+use portable_atomic as imp;
+
+#[cfg(all(not(target_has_atomic = "32"), not(feature = "portable-atomic")))]
+compile_error!(
+    "this target has no compare-and-swap: enable sigalloc's `portable-atomic` feature \
+     (and choose portable-atomic's `critical-section` feature or its single-core cfg)"
+);
 
 /// What kind of step the hook is told about.
 #[cfg(feature = "hooks")]
