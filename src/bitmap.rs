@@ -11,11 +11,13 @@
 //!   taker really gets the chunk (see `chunk.rs`).
 //!
 //! A partial map has a *summary*: one bit per word of the map, set when the word may
-//! hold a set bit, so a search for a listing reads one summary word per 64 map words
-//! and an empty map costs a load or two, however large the region. The rule that keeps
-//! it exact: a summary bit is set after every bit set in its word (Release), and is
-//! cleared only by whoever empties the word, who then looks at the word again and sets
-//! the summary bit back if it is no longer empty. Every change of a summary word is an
+//! hold a set bit, and above it a *top* level, one bit per summary word, so a search
+//! for a listing reads one top word, then only the summary and map words whose bits
+//! are set: an empty map costs one load however large the region (a top word covers
+//! 2^18 chunks on 64-bit targets, a 1 GiB region). The rule that keeps each level
+//! exact: a level's bit is set after every bit set in the word below it (Release), and
+//! is cleared only by whoever empties that word, who then looks at the word again and
+//! sets the bit back if it is no longer empty. Every change of a summary word is an
 //! RMW, so the clearer's AcqRel RMW either comes first (and the setter's later set
 //! stands) or reads from the setter's Release RMW, after which the clearer's second look
 //! sees the setter's bit. Either way no set bit is left without its summary bit once
@@ -39,6 +41,8 @@ pub(crate) struct Bitmap<'a> {
     words: &'a [AtomicUsize],
     /// One bit per word of `words` (see the module docs); empty for no summary.
     summary: &'a [AtomicUsize],
+    /// One bit per word of `summary`.
+    top: &'a [AtomicUsize],
     len: usize,
 }
 
@@ -55,6 +59,7 @@ fn mask(lo: usize, hi: usize) -> usize {
 
 impl<'a> Bitmap<'a> {
     /// Words needed for `len` bits.
+    #[inline(always)]
     pub(crate) const fn words_for(len: usize) -> usize {
         len.div_ceil(W)
     }
@@ -65,26 +70,45 @@ impl<'a> Bitmap<'a> {
         Bitmap {
             words,
             summary: &[],
+            top: &[],
             len,
         }
     }
 
-    /// A view as [`new`](Self::new) gives, kept with a summary of
-    /// `words_for(words_for(len))` words.
+    /// A view as [`new`](Self::new) gives, kept with a summary of `summary_words(len)`
+    /// words and a top level of `top_words(len)`.
     pub(crate) fn with_summary(
         words: &'a [AtomicUsize],
         summary: &'a [AtomicUsize],
+        top: &'a [AtomicUsize],
         len: usize,
     ) -> Self {
-        let len = len.min(words.len() * W).min(summary.len() * W * W);
+        let len = len
+            .min(words.len() * W)
+            .min(summary.len() * W * W)
+            .min(top.len() * W * W * W);
         Bitmap {
             words,
             summary,
+            top,
             len,
         }
     }
 
-    /// Sets word `wi`'s summary bit, after a bit of that word was set.
+    /// Words of summary a map of `len` bits needs.
+    #[inline(always)]
+    pub(crate) const fn summary_words(len: usize) -> usize {
+        Self::words_for(Self::words_for(len))
+    }
+
+    /// Words of top level a map of `len` bits needs.
+    #[inline(always)]
+    pub(crate) const fn top_words(len: usize) -> usize {
+        Self::words_for(Self::summary_words(len))
+    }
+
+    /// Sets word `wi`'s summary bit and its summary word's top bit, after a bit of
+    /// word `wi` was set.
     #[inline(always)]
     fn summarize(&self, wi: usize) {
         if let Some(s) = self.summary.get(wi / W) {
@@ -92,19 +116,44 @@ impl<'a> Bitmap<'a> {
             // clears this summary bit after us sees our bit in the word.
             s.fetch_or(1 << (wi % W), Ordering::Release);
         }
+        let si = wi / W;
+        if let Some(t) = self.top.get(si / W) {
+            // ORDERING: Release pairs with the AcqRel clear in `untop`, likewise.
+            t.fetch_or(1 << (si % W), Ordering::Release);
+        }
     }
 
     /// Clears word `wi`'s summary bit after the caller emptied the word, unless the
-    /// word has meanwhile been set again (see the module docs).
+    /// word has meanwhile been set again (see the module docs); and the top bit above,
+    /// if that emptied its summary word.
     fn unsummarize(&self, wi: usize) {
         let Some(s) = self.summary.get(wi / W) else {
             return;
         };
+        let m = 1 << (wi % W);
         // ORDERING: AcqRel: Acquire pairs with the Release set in `summarize`, so the
         // look below sees the bit of any setter whose summary set we are clearing.
-        s.fetch_and(!(1 << (wi % W)), Ordering::AcqRel);
+        let old = s.fetch_and(!m, Ordering::AcqRel);
+        if old & !m == 0 {
+            self.untop(wi / W);
+        }
         if self.load_word(wi) != 0 {
             self.summarize(wi);
+        }
+    }
+
+    /// Clears summary word `si`'s top bit after the caller emptied that summary word,
+    /// unless it has meanwhile been set again.
+    fn untop(&self, si: usize) {
+        let (Some(t), Some(s)) = (self.top.get(si / W), self.summary.get(si)) else {
+            return;
+        };
+        // ORDERING: AcqRel, as in `unsummarize`, one level up.
+        t.fetch_and(!(1 << (si % W)), Ordering::AcqRel);
+        // ORDERING: Relaxed: ordered after the Acquire above.
+        if s.load(Ordering::Relaxed) != 0 {
+            // ORDERING: Release, as in `summarize`.
+            t.fetch_or(1 << (si % W), Ordering::Release);
         }
     }
 
@@ -163,14 +212,23 @@ impl<'a> Bitmap<'a> {
         if self.summary.is_empty() {
             return (0..self.words.len()).find_map(|wi| self.take_in(wi));
         }
-        for (si, s) in self.summary.iter().enumerate() {
-            // ORDERING: Relaxed scan; the map word's Acquire RMW synchronizes.
-            let mut sum = s.load(Ordering::Relaxed);
-            while sum != 0 {
-                let wi = si * W + sum.trailing_zeros() as usize;
-                sum &= sum - 1;
-                if let Some(idx) = self.take_in(wi) {
-                    return Some(idx);
+        for (ti, t) in self.top.iter().enumerate() {
+            // ORDERING: Relaxed scan (all three levels); the map word's Acquire RMW
+            // synchronizes.
+            let mut tops = t.load(Ordering::Relaxed);
+            while tops != 0 {
+                let si = ti * W + tops.trailing_zeros() as usize;
+                tops &= tops - 1;
+                let Some(s) = self.summary.get(si) else {
+                    break;
+                };
+                let mut sum = s.load(Ordering::Relaxed);
+                while sum != 0 {
+                    let wi = si * W + sum.trailing_zeros() as usize;
+                    sum &= sum - 1;
+                    if let Some(idx) = self.take_in(wi) {
+                        return Some(idx);
+                    }
                 }
             }
         }
@@ -463,10 +521,11 @@ mod loom_models {
     use std::sync::Arc;
     use std::vec::Vec;
 
-    /// Two map words (128 bits) and their summary word.
+    /// Two map words (128 bits), their summary word and its top word.
     struct Maps {
         words: Vec<AtomicUsize>,
         summary: Vec<AtomicUsize>,
+        top: Vec<AtomicUsize>,
     }
 
     impl Maps {
@@ -474,10 +533,11 @@ mod loom_models {
             Arc::new(Maps {
                 words: (0..2).map(|_| AtomicUsize::new(0)).collect(),
                 summary: (0..1).map(|_| AtomicUsize::new(0)).collect(),
+                top: (0..1).map(|_| AtomicUsize::new(0)).collect(),
             })
         }
         fn map(&self) -> Bitmap<'_> {
-            Bitmap::with_summary(&self.words, &self.summary, 128)
+            Bitmap::with_summary(&self.words, &self.summary, &self.top, 128)
         }
     }
 
@@ -513,7 +573,7 @@ mod loom_models {
             // 70 may be taken before the clearer gets to it; 5 and 7 must both come out.
             got.retain(|&i| i != 70);
             assert_eq!(got, [5, 7]);
-            for w in &maps.summary {
+            for w in maps.summary.iter().chain(&maps.top) {
                 assert_eq!(w.load(Ordering::Relaxed), 0, "a stale summary bit");
             }
         });

@@ -24,7 +24,7 @@
 //! Depends on: `sync`, `class`, `bitmap`, `chunk`, `region`, `source`, `block`,
 //! `report`. Upholds I1-I4, I6.
 
-use crate::block::{Block, Memory, Place};
+use crate::block::{self, Block, Memory, Place};
 use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS, SPAN_TAIL_CLASS};
 use crate::class::{fit, Class, Fit, CHUNK, NCLASSES};
 use crate::region::{ChunkId, Region, LISTS, MAX_REGION_CHUNKS};
@@ -313,19 +313,31 @@ impl Heap {
         }
         self.count_released(1);
         region.used().clear(chunk);
+        lower_cursor(region, zone_of(region, chunk), chunk);
         mem.source.retired(&mem.regions, region);
     }
 
     /// Claims one free chunk for the thread with slot hint `hint`. Each hint starts its
     /// search in its own zone of the heap, so one thread's chunks (and their descriptors,
-    /// four to a cache line) sit together instead of interleaving with another's.
+    /// four to a cache line) sit together instead of interleaving with another's. It
+    /// starts at the zone's cursor, which stays at or below the lowest chunk retired in
+    /// the zone since the last search passed it (see `retire`), so a heap that is full
+    /// below that point is not read again; then it goes round to the start, so every
+    /// chunk is still looked at before the search fails. The cursors are hints, read
+    /// and written Relaxed: a lost update only costs a longer search.
     fn claim_free_near(&self, region: &Region, hint: usize) -> Option<usize> {
-        let span = region.end() - region.first();
-        let zone = region.first() + span * (hint % SLOTS) / SLOTS;
+        let (first, end) = (region.first(), region.end());
+        let cursor = region.cursor(hint % SLOTS)?;
+        // ORDERING: Relaxed (both): a hint; the used map's CAS decides.
+        let start = match cursor.load(Ordering::Relaxed) {
+            0 => zone_start(region, hint % SLOTS),
+            at => (at - 1).clamp(first, end - 1),
+        };
         let used = region.used();
         let chunk = used
-            .claim_one(zone, region.end())
-            .or_else(|| used.claim_one(region.first(), zone))?;
+            .claim_one(start, end)
+            .or_else(|| used.claim_one(first, start))?;
+        cursor.store(chunk + 1, Ordering::Relaxed);
         self.count_claimed(1);
         Some(chunk)
     }
@@ -371,7 +383,20 @@ impl Heap {
     fn claim_free(&self, region: &Region, chunks: usize, align: usize) -> Option<usize> {
         let used = region.used();
         let first = if align <= CHUNK {
-            used.claim_run(region.first(), region.end(), chunks)?
+            // From the run cursor to the end, then from the start to just past it.
+            let (lo, end) = (region.first(), region.end());
+            let cursor = region.cursor(SLOTS)?;
+            // ORDERING: Relaxed (both): a hint; the used map's CAS decides. (Frees of
+            // spans move it down, as `retire` does the single-chunk cursors.)
+            let start = cursor
+                .load(Ordering::Relaxed)
+                .saturating_sub(1)
+                .clamp(lo, end);
+            let first = used
+                .claim_run(start, end, chunks)
+                .or_else(|| used.claim_run(lo, start.saturating_add(chunks).min(end), chunks))?;
+            cursor.store(first + chunks + 1, Ordering::Relaxed);
+            first
         } else {
             // Chunk `i` is aligned when `i` is `phase` modulo `step`.
             let step = align / CHUNK;
@@ -489,7 +514,9 @@ impl Heap {
     #[inline(always)]
     pub(crate) fn free(&self, mem: &Memory, block: Block) -> Result<(), Refused> {
         match block {
-            Block::Small { at, class } => self.free_small(mem, at, class),
+            Block::Small { at, class } => {
+                self.free_small(mem, &at.region, at.chunk, at.offset, class)
+            }
             Block::Span { at, chunks } => self.free_span_slow(at, chunks),
             Block::Huge { ptr, .. } => free_huge_slow(mem, ptr),
             Block::Dead { at, anchor } => Err(dead_free_slow(at, anchor)),
@@ -497,25 +524,53 @@ impl Heap {
         }
     }
 
-    /// Frees the small block at `at`, of `class`.
+    /// Frees the block at `ptr`, resolving it once: a small block of the inline heap
+    /// is told apart right here, in registers (the `Block` value, a multi-word enum,
+    /// would go through the stack and stall store forwarding on every free); anything
+    /// else is resolved into a `Block` (`block.rs`) and freed as such.
     #[inline(always)]
-    fn free_small(&self, mem: &Memory, at: Place, class: Class) -> Result<(), Refused> {
-        let d = at.desc().ok_or(Refused::Invalid)?;
-        let idx = (at.offset >> class.shift()) as u32;
+    pub(crate) fn free_ptr(&self, mem: &Memory, ptr: *mut u8) -> Result<(), Refused> {
+        let home = mem.regions.home();
+        if let Some((chunk, offset)) = home.locate(ptr) {
+            if let Some(class) = block::small_at(home, chunk, offset) {
+                return self.free_small(mem, home, chunk, offset, class);
+            }
+        }
+        self.free_resolved_slow(mem, ptr)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn free_resolved_slow(&self, mem: &Memory, ptr: *mut u8) -> Result<(), Refused> {
+        self.free(mem, mem.resolve(ptr))
+    }
+
+    /// Frees the small block at `offset` of `chunk` of `region`, of `class`.
+    #[inline(always)]
+    fn free_small(
+        &self,
+        mem: &Memory,
+        region: &Region,
+        chunk: usize,
+        offset: usize,
+        class: Class,
+    ) -> Result<(), Refused> {
+        let d = region.desc(chunk).ok_or(Refused::Invalid)?;
+        let idx = (offset >> class.shift()) as u32;
         #[cfg(feature = "checked")]
         if !d.mark_freed(idx) {
             return Err(Refused::DoubleFree);
         }
         // SAFETY: the caller frees a block it owns; `class` is its chunk's class
         // (resolved from the anchor, which cannot change while the block is live).
-        match unsafe { d.push(at.chunk_base(), class, idx) } {
+        match unsafe { d.push(region.chunk_base(chunk), class, idx) } {
             Pushed::Done => Ok(()),
             Pushed::Listed => {
-                at.region.partial(class, slot_hint()).set(at.chunk);
+                region.partial(class, slot_hint()).set(chunk);
                 Ok(())
             }
             Pushed::Emptied => {
-                self.retire(mem, &at.region, at.chunk, Some(class));
+                self.retire(mem, region, chunk, Some(class));
                 Ok(())
             }
             Pushed::Rejected => Err(Refused::DoubleFree),
@@ -541,6 +596,7 @@ impl Heap {
         }
         self.count_released(chunks);
         at.region.used().release_run(at.chunk, chunks);
+        lower_cursor(&at.region, SLOTS, at.chunk);
         Ok(())
     }
 
@@ -650,6 +706,27 @@ fn dead_free_slow(at: Place, anchor: Anchor) -> Refused {
         Refused::DoubleFree
     } else {
         Refused::Invalid
+    }
+}
+
+/// The first chunk of `region`'s zone `zone` (`< SLOTS`).
+fn zone_start(region: &Region, zone: usize) -> usize {
+    region.first() + (region.end() - region.first()) * zone / SLOTS
+}
+
+/// The zone holding `chunk`.
+fn zone_of(region: &Region, chunk: usize) -> usize {
+    let span = region.end() - region.first();
+    ((chunk - region.first()) * SLOTS / span.max(1)).min(SLOTS - 1)
+}
+
+/// Moves cursor `which` of `region` down to `chunk` (just freed), if it is above it.
+fn lower_cursor(region: &Region, which: usize, chunk: usize) {
+    if let Some(cursor) = region.cursor(which) {
+        // ORDERING: Relaxed (both): a hint (see `claim_free_near`).
+        if cursor.load(Ordering::Relaxed) > chunk + 1 {
+            cursor.store(chunk + 1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -280,7 +280,9 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     #[inline]
     pub unsafe fn free(&self, ptr: *mut u8) {
         if !ptr.is_null() {
-            self.free_block(ptr, self.memory().resolve(ptr));
+            if let Err(why) = self.heap.free_ptr(&self.memory(), ptr) {
+                self.heap.hook().report(why.kind(), ptr);
+            }
         }
     }
 
@@ -356,17 +358,20 @@ unsafe impl<const HEAP: usize> GlobalAlloc for SigAlloc<HEAP> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if ptr.is_null() {
-            return;
+        if !report::Hook::ON {
+            // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` is a live block of ours.
+            return unsafe { self.free(ptr) };
         }
-        let block = self.memory().resolve(ptr);
         // Checked mode: a layout the block could not have come from is refused.
+        let block = self.memory().resolve(ptr);
         let live = block.usable_size() != 0;
-        if report::Hook::ON && live && !Heap::matches(&block, layout.size(), layout.align()) {
+        if live && !Heap::matches(&block, layout.size(), layout.align()) {
             self.heap.hook().report(ErrorKind::LayoutMismatch, ptr);
             return;
         }
-        self.free_block(ptr, block);
+        if !ptr.is_null() {
+            self.free_block(ptr, block);
+        }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {

@@ -95,19 +95,41 @@ impl ChunkId {
     }
 }
 
-/// Summary words of one partial map of a region of `chunks` chunks.
+/// Partial maps of at most this many words are searched directly: a few loads, where
+/// keeping a summary would cost every listing two more RMWs. (The default 2 MiB heap's
+/// maps are 8 words; every mapped region's are larger.)
+const DIRECT_WORDS: usize = 8;
+
+/// Summary and top words of one partial map of a region of `chunks` chunks (none for a
+/// map searched directly).
+#[inline(always)]
 const fn summary_words(chunks: usize) -> usize {
-    Bitmap::words_for(Bitmap::words_for(chunks))
+    if Bitmap::words_for(chunks) <= DIRECT_WORDS {
+        0
+    } else {
+        Bitmap::summary_words(chunks) + Bitmap::top_words(chunks)
+    }
 }
 
 /// Bytes of metadata for a region of `chunks` chunks, and where the descriptors start.
+#[inline(always)]
 const fn layout(chunks: usize) -> (usize, usize) {
-    let words = Bitmap::words_for(chunks) * MAPS + summary_words(chunks) * (MAPS - 1);
+    let words = cursors_at(chunks) + CURSORS;
     let desc_at = (words * size_of::<AtomicUsize>()).next_multiple_of(align_of::<Desc>());
     (desc_at + chunks * size_of::<Desc>(), desc_at)
 }
 
+/// Search cursors per region: one per slot hint for single chunks, one for runs.
+pub(crate) const CURSORS: usize = LISTS + 1;
+
+/// The word (of the metadata) where the cursors of a region of `chunks` chunks start.
+#[inline(always)]
+const fn cursors_at(chunks: usize) -> usize {
+    Bitmap::words_for(chunks) * MAPS + summary_words(chunks) * (MAPS - 1)
+}
+
 /// Chunks the metadata of a region of `chunks` chunks takes from its front.
+#[inline(always)]
 pub(crate) const fn meta_chunks(chunks: usize) -> usize {
     layout(chunks).0.div_ceil(CHUNK)
 }
@@ -200,7 +222,7 @@ impl Region {
     /// - as for [`Region::init`].
     #[cfg(loom)]
     unsafe fn init_loom(&self, desc_at: usize) {
-        let words = Bitmap::words_for(self.n) * MAPS + summary_words(self.n) * (MAPS - 1);
+        let words = cursors_at(self.n) + CURSORS;
         for i in 0..words {
             let p = self
                 .base
@@ -271,14 +293,35 @@ impl Region {
     pub(crate) fn partial(&self, class: Class, list: usize) -> Bitmap<'_> {
         let which = class.id() * LISTS + list % LISTS;
         let per = summary_words(self.n);
+        if per == 0 {
+            return Bitmap::new(self.words(1 + which), self.n);
+        }
         let after_maps = MAPS * Bitmap::words_for(self.n);
         let p = self
             .base
             .wrapping_add((after_maps + which * per) * size_of::<AtomicUsize>());
-        // SAFETY: `Region::new`'s contract: the metadata area holds the summaries past
-        // the maps (`layout`), initialised, aligned, shared only through atomics.
-        let summary = unsafe { core::slice::from_raw_parts(p.cast::<AtomicUsize>(), per) };
-        Bitmap::with_summary(self.words(1 + which), summary, self.n)
+        // SAFETY: `Region::new`'s contract: the metadata area holds each partial map's
+        // summary and top words past the maps (`layout`), initialised, aligned, shared
+        // only through atomics.
+        let levels = unsafe { core::slice::from_raw_parts(p.cast::<AtomicUsize>(), per) };
+        let (summary, top) = levels.split_at(Bitmap::summary_words(self.n));
+        Bitmap::with_summary(self.words(1 + which), summary, top, self.n)
+    }
+
+    /// Search cursor `which` (`< CURSORS`): where a search for free chunks last
+    /// succeeded, plus one (0: none yet). Only a hint: any value is safe.
+    #[inline(always)]
+    pub(crate) fn cursor(&self, which: usize) -> Option<&AtomicUsize> {
+        if which >= CURSORS || self.n == 0 {
+            return None;
+        }
+        let p = self
+            .base
+            .wrapping_add((cursors_at(self.n) + which) * size_of::<AtomicUsize>())
+            .cast::<AtomicUsize>();
+        // SAFETY: `Region::new`'s contract: the cursors are initialised words of the
+        // metadata area (`layout`), aligned, shared only through atomics.
+        Some(unsafe { &*p })
     }
 
     /// The descriptor of chunk `chunk` (`chunk < end()`).
