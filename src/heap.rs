@@ -119,6 +119,8 @@ pub(crate) struct Heap {
     used_chunks: [Shard; SLOTS],
     /// The most chunks ever in use at once (raised only when the sum passes it).
     peak_chunks: AtomicUsize,
+    /// The region where a chunk was last claimed (see `regions_from_hint`).
+    region_hint: AtomicUsize,
     /// Where faults found on the way are reported (checked mode).
     hook: Hook,
 }
@@ -146,6 +148,7 @@ impl Heap {
             slots: [CLASS; NCLASSES],
             used_chunks: [SHARD; SLOTS],
             peak_chunks: AtomicUsize::new(0),
+            region_hint: AtomicUsize::new(0),
             hook: Hook::new(),
         }
     }
@@ -156,6 +159,7 @@ impl Heap {
             slots: core::array::from_fn(|_| core::array::from_fn(|_| Slot(AtomicU32::new(0)))),
             used_chunks: core::array::from_fn(|_| Shard(AtomicUsize::new(0))),
             peak_chunks: AtomicUsize::new(0),
+            region_hint: AtomicUsize::new(0),
             hook: Hook::new(),
         }
     }
@@ -241,7 +245,7 @@ impl Heap {
     #[inline(never)]
     fn alloc_small_slow(&self, mem: &Memory, class: Class, hint: usize) -> Option<Got> {
         // Our own partial list first (the chunks we freed into), then the others'.
-        for region in mem.regions.all() {
+        for region in self.regions_from_hint(mem) {
             for k in 0..LISTS {
                 while let Some(chunk) = region.partial(class, hint + k).take_any() {
                     let Some(d) = region.desc(chunk) else {
@@ -255,7 +259,7 @@ impl Heap {
                 }
             }
         }
-        for region in mem.regions.all() {
+        for region in self.regions_from_hint(mem) {
             if let Some(chunk) = self.claim_free_near(&region, hint) {
                 region.desc(chunk)?.format(class);
                 return self.pop_and_keep(mem, &region, class, chunk, hint);
@@ -339,7 +343,28 @@ impl Heap {
             .or_else(|| used.claim_one(first, start))?;
         cursor.store(chunk + 1, Ordering::Relaxed);
         self.count_claimed(1);
+        self.note_region(region);
         Some(chunk)
+    }
+
+    /// Every region, starting with the one where a chunk was last claimed: when the
+    /// heap has grown, the older regions are usually full, and searching them first
+    /// for every new chunk would read all their maps again.
+    fn regions_from_hint<'m>(&self, mem: &Memory<'m>) -> impl Iterator<Item = Region> + 'm {
+        let regions = mem.regions;
+        let ids = regions.ids();
+        // ORDERING: Relaxed: a hint.
+        let start = self.region_hint.load(Ordering::Relaxed) % ids;
+        (0..ids).filter_map(move |k| regions.get((start + k) % ids))
+    }
+
+    /// Remembers `region` as where free chunks were last found.
+    fn note_region(&self, region: &Region) {
+        // ORDERING: Relaxed (both): a hint; written only when it changes, so threads
+        // claiming in one region keep the line shared.
+        if self.region_hint.load(Ordering::Relaxed) != region.id() {
+            self.region_hint.store(region.id(), Ordering::Relaxed);
+        }
     }
 
     /// This thread's shard of `used_chunks`.
@@ -405,6 +430,7 @@ impl Heap {
             used.claim_run_aligned(region.first(), region.end(), chunks, step, phase)?
         };
         self.count_claimed(chunks);
+        self.note_region(region);
         Some(first)
     }
 
@@ -420,7 +446,7 @@ impl Heap {
         align: usize,
     ) -> Option<(Region, usize)> {
         let any = |heap: &Self| {
-            mem.regions.all().find_map(|region| {
+            heap.regions_from_hint(mem).find_map(|region| {
                 heap.claim_free(&region, chunks, align)
                     .map(|at| (region, at))
             })

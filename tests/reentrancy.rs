@@ -290,15 +290,14 @@ impl Scenario {
         match self {
             // The slot swap, the CAS taking the shared list, the put-back CAS.
             AllocTakeShared => Some(3 + live_bit),
-            // The slot swap, the CAS to FULL, taking our own partial listing (which
-            // empties its map word, so its summary bit is cleared too), the claim CAS,
-            // the put-back CAS. (Other threads' slots are tried only when no chunk is
-            // free.)
-            AllocClaimPartial => Some(6 + live_bit),
+            // The slot swap, the CAS to FULL, taking our own partial listing, the claim
+            // CAS, the put-back CAS. (Other threads' slots are tried only when no chunk is
+            // free. This heap's partial maps are small enough to have no summary.)
+            AllocClaimPartial => Some(5 + live_bit),
             // The push CAS only.
             FreeActive => Some(1 + live_bit),
-            // The push CAS, then the partial-map listing and its summary bit.
-            FreeFullToPartial => Some(3 + live_bit),
+            // The push CAS, then the partial-map listing.
+            FreeFullToPartial => Some(2 + live_bit),
             _ => None,
         }
     }
