@@ -119,6 +119,11 @@ macro_rules! arena_set {
                 buddy_system_allocator::LockedHeap::empty();
             static BUDDY_INIT: Once = Once::new();
 
+            /// Lets this set's sigalloc grow by mapping memory (process-wide, for good).
+            pub(super) fn enable_sigalloc_mmap() {
+                SIGALLOC.enable_mmap();
+            }
+
             pub(super) fn get(name: &str) -> Option<&'static dyn Alloc> {
                 Some(match name {
                     "sigalloc" => &SIGALLOC,
@@ -194,6 +199,16 @@ pub const HAVE_AO: bool = cfg!(have_ao);
 pub fn enable_ao_mmap() {
     #[cfg(have_ao)]
     ao::enable_mmap();
+}
+
+/// Lets the sigalloc of the `heap`-sized arena set grow by mapping memory from the OS
+/// (its `enable_mmap`; process-wide, and it cannot be undone): done by the whole-program
+/// workloads (tables 7-10), whose live data outgrows any fixed heap.
+pub fn enable_sigalloc_mmap(heap: HeapSize) {
+    match heap {
+        HeapSize::Small => small::enable_sigalloc_mmap(),
+        HeapSize::Big => big::enable_sigalloc_mmap(),
+    }
 }
 
 /// The allocator called `name` with `heap`-sized arenas, or `None` if it is unknown or

@@ -5,7 +5,14 @@
 //! cargo run --release -p sigalloc-bench                 # full: 5 repeats, median
 //! cargo run --release -p sigalloc-bench -- --quick      # smoke run (CI)
 //! cargo run --release -p sigalloc-bench -- --json out.json
+//! cargo run --release -p sigalloc-bench -- --only 7-10  # only the whole-program tables
 //! ```
+//!
+//! Tables 1-6 compare every allocator on small, fixed heaps. Tables 7-10 reproduce the
+//! shapes of whole programs (issue #10) for glibc, sigalloc (2 MiB inline heap, mmap
+//! growth on) and mimalloc: larson-like cross-thread frees, a database-like mid-size mix
+//! (time and peak RSS), threads pinned to cores, and a churn beside 2 MiB..512 MiB of
+//! live data.
 //!
 //! The parent only orchestrates: every measurement runs in a child process (this binary
 //! with `--child ALLOCATOR JOB...`) under a watchdog, so each gets a fresh heap and a crash
@@ -14,6 +21,7 @@
 mod allocators;
 mod report;
 mod runner;
+mod scale;
 mod storm;
 mod workloads;
 
@@ -22,7 +30,8 @@ use std::time::Duration;
 
 use allocators::{HeapSize, BIG, HAVE_AO, NAMES, SMALL};
 use report::{ratio, si, table, Cell, Json};
-use runner::Outcome;
+use runner::{Fields, Outcome};
+use scale::{Larson, MidSize, Pinned};
 use workloads::{Fill, Throughput};
 
 /// Thread counts for the threaded churn (2 cores: 4 and 8 oversubscribe on purpose).
@@ -44,6 +53,21 @@ struct Config {
     storm_signals: u64,
     storm_interval_us: i64,
     storm_watchdog: Duration,
+    /// Tables 7-10.
+    larson: Larson,
+    midsize: MidSize,
+    /// Table 9: per-thread slots and steps; live data held beside the churn on the
+    /// large heap.
+    pinned_slots: usize,
+    pinned_ops: u64,
+    large_live: usize,
+    /// Table 10: the live data of each column, and the churn's steps.
+    sweep_mib: [usize; 3],
+    sweep_ops: u64,
+    /// Time limit of the timed part of one run of tables 7-10, and the watchdog over
+    /// the whole child (filling up to 512 MiB of live data takes a while).
+    scale_limit: Duration,
+    scale_watchdog: Duration,
 }
 
 impl Config {
@@ -63,6 +87,26 @@ impl Config {
             storm_signals: if quick { 10_000 } else { 50_000 },
             storm_interval_us: 20,
             storm_watchdog: Duration::from_secs(if quick { 4 } else { 10 }),
+            larson: Larson {
+                threads: 2,
+                slots: if quick { 4_000 } else { 25_000 },
+                ops: if quick { 400_000 } else { 2_000_000 },
+                handover: if quick { 2_000 } else { 10_000 },
+                min: 8,
+                max: 1000,
+            },
+            midsize: MidSize {
+                high: if quick { 6_000 } else { 40_000 },
+                low: if quick { 600 } else { 4_000 },
+                cycles: if quick { 2 } else { 3 },
+            },
+            pinned_slots: 250,
+            pinned_ops: if quick { 500_000 } else { 2_000_000 },
+            large_live: if quick { 16 << 20 } else { 64 << 20 },
+            sweep_mib: if quick { [2, 16, 64] } else { [2, 64, 512] },
+            sweep_ops: 5_000_000 / scale,
+            scale_limit: Duration::from_secs(if quick { 5 } else { 20 }),
+            scale_watchdog: Duration::from_secs(if quick { 40 } else { 90 }),
         }
     }
 
@@ -81,7 +125,16 @@ enum Job {
     ProdCons,
     Efficiency(Fill),
     Storm,
+    Larson,
+    MidSize,
+    /// Threads, and whether the large heap (live data beside the churn, mmap on).
+    Pinned(usize, bool),
+    /// MiB of live data.
+    Sweep(usize),
 }
+
+/// The allocators of tables 7-10: the two baselines a whole program would use instead.
+const SCALE_NAMES: [&str; 3] = ["glibc", "sigalloc", "mimalloc"];
 
 impl Job {
     fn args(self) -> Vec<String> {
@@ -92,6 +145,14 @@ impl Job {
             Job::ProdCons => vec!["prodcons".into()],
             Job::Efficiency(f) => vec!["efficiency".into(), f.name().into()],
             Job::Storm => vec!["storm".into()],
+            Job::Larson => vec!["larson".into()],
+            Job::MidSize => vec!["midsize".into()],
+            Job::Pinned(t, large) => vec![
+                "pinned".into(),
+                t.to_string(),
+                if large { "large" } else { "small" }.into(),
+            ],
+            Job::Sweep(mib) => vec!["sweep".into(), mib.to_string()],
         }
     }
 
@@ -104,6 +165,17 @@ impl Job {
             "prodcons" => Job::ProdCons,
             "efficiency" => Job::Efficiency(Fill::parse(arg(1)?)?),
             "storm" => Job::Storm,
+            "larson" => Job::Larson,
+            "midsize" => Job::MidSize,
+            "pinned" => Job::Pinned(
+                arg(1)?.parse().ok()?,
+                match arg(2)? {
+                    "large" => true,
+                    "small" => false,
+                    _ => return None,
+                },
+            ),
+            "sweep" => Job::Sweep(arg(1)?.parse().ok()?),
             _ => return None,
         })
     }
@@ -120,6 +192,25 @@ impl Job {
             _ => HeapSize::Small,
         }
     }
+
+    /// Whether sigalloc runs this job with mmap growth on: every whole-program job but
+    /// the pinned churn on the 2 MiB heap, which must fit the inline heap alone.
+    fn sigalloc_mmap(self) -> bool {
+        match self {
+            Job::Larson | Job::MidSize | Job::Sweep(_) => true,
+            Job::Pinned(_, large) => large,
+            _ => false,
+        }
+    }
+
+    /// How a table names `name` for this job.
+    fn shown(self, name: &str) -> String {
+        if name == "sigalloc" && self.sigalloc_mmap() {
+            "sigalloc+mmap".into()
+        } else {
+            name.into()
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -129,10 +220,15 @@ fn main() -> ExitCode {
     }
     let mut quick = false;
     let mut json_path = None;
+    let mut only = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--only" => match it.next().and_then(|r| parse_range(r)) {
+                Some(r) => only = Some(r),
+                None => return usage("--only needs a table or a range, like 8 or 7-10"),
+            },
             "--json" => match it.next() {
                 Some(p) => json_path = Some(p.clone()),
                 None => return usage("--json needs a path"),
@@ -141,14 +237,25 @@ fn main() -> ExitCode {
             other => return usage(&format!("unknown argument {other}")),
         }
     }
-    Bench::new(Config::new(quick)).run(json_path.as_deref())
+    let mut bench = Bench::new(Config::new(quick));
+    if let Some(r) = only {
+        bench.only = r;
+    }
+    bench.run(json_path.as_deref())
+}
+
+/// "8" or "7-10" as an inclusive range of table numbers.
+fn parse_range(s: &str) -> Option<(usize, usize)> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let (lo, hi) = (lo.parse().ok()?, hi.parse().ok()?);
+    (lo <= hi).then_some((lo, hi))
 }
 
 fn usage(err: &str) -> ExitCode {
     if !err.is_empty() {
         eprintln!("error: {err}");
     }
-    eprintln!("usage: sigalloc-bench [--quick] [--json PATH]");
+    eprintln!("usage: sigalloc-bench [--quick] [--json PATH] [--only N|N-M]");
     if err.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -170,6 +277,21 @@ fn child(args: &[String]) -> ExitCode {
     let Some(a) = allocators::get(name, job.heap()) else {
         eprintln!("allocator {name} is not available");
         return ExitCode::from(2);
+    };
+    if name == "sigalloc" && job.sigalloc_mmap() {
+        allocators::enable_sigalloc_mmap(job.heap());
+    }
+    // Tables 7-10 also report the child's peak RSS, and what else the workload says.
+    let print_scale = |t: Throughput, extra: String| {
+        println!(
+            "{} ops={} secs={} failures={} truncated={} rss_kib={}{extra}",
+            runner::RESULT,
+            t.ops,
+            t.secs,
+            t.failures,
+            u8::from(t.truncated),
+            scale::peak_rss_kib()
+        );
     };
     let print = |t: Throughput| {
         println!(
@@ -199,6 +321,31 @@ fn child(args: &[String]) -> ExitCode {
                 r.corrupt
             );
         }
+        Job::Larson => print_scale(scale::larson(a, cfg.larson, cfg.scale_limit), String::new()),
+        Job::MidSize => {
+            let r = scale::midsize(a, cfg.midsize, cfg.scale_limit);
+            print_scale(r.t, format!(" peak_live={}", r.peak_live));
+        }
+        Job::Pinned(threads, large) => {
+            let w = Pinned {
+                threads,
+                slots: cfg.pinned_slots,
+                ops: cfg.pinned_ops,
+                ballast: if large { cfg.large_live } else { 0 },
+            };
+            let r = scale::pinned(a, w, cfg.scale_limit);
+            print_scale(r.t, format!(" pinned={}", u8::from(r.pinned)));
+        }
+        Job::Sweep(mib) => print_scale(
+            scale::sweep(
+                a,
+                mib << 20,
+                workloads::SLOTS,
+                cfg.sweep_ops,
+                cfg.scale_limit,
+            ),
+            String::new(),
+        ),
     }
     ExitCode::SUCCESS
 }
@@ -209,6 +356,8 @@ struct Bench {
     json: Json,
     /// Details of every child that crashed or hung, printed at the end.
     notes: Vec<String>,
+    /// The tables to run (inclusive range of their numbers).
+    only: (usize, usize),
 }
 
 impl Bench {
@@ -217,6 +366,7 @@ impl Bench {
             cfg,
             json: Json::default(),
             notes: Vec::new(),
+            only: (1, 10),
         }
     }
 
@@ -224,26 +374,53 @@ impl Bench {
         let machine = report::machine();
         self.header(&machine);
 
-        self.rate_table(
-            Job::Pairs,
-            "1. pairs",
-            "alloc + immediate free, 16..2048 B, one thread; ops = pairs",
-        );
-        self.rate_table(
-            Job::Churn,
-            "2. churn",
-            "1,000-slot working set, each step frees a random slot and refills it with 16..512 B; \
-             one thread; ops = steps",
-        );
-        self.threads_table();
-        self.rate_table(
-            Job::ProdCons,
-            "4. producer/consumer",
-            "one thread allocates 16..512 B, hands batches of 64 through a bounded channel, \
-             another frees them; ops = blocks",
-        );
-        self.efficiency_table();
-        self.storm_table();
+        let on = |n: usize| (self.only.0..=self.only.1).contains(&n);
+        let (t1, t2, t3, t4, t5, t6) = (on(1), on(2), on(3), on(4), on(5), on(6));
+        let (t7, t8, t9, t10) = (on(7), on(8), on(9), on(10));
+        if t1 {
+            self.rate_table(
+                Job::Pairs,
+                "1. pairs",
+                "alloc + immediate free, 16..2048 B, one thread; ops = pairs",
+            );
+        }
+        if t2 {
+            self.rate_table(
+                Job::Churn,
+                "2. churn",
+                "1,000-slot working set, each step frees a random slot and refills it with \
+                 16..512 B; one thread; ops = steps",
+            );
+        }
+        if t3 {
+            self.threads_table();
+        }
+        if t4 {
+            self.rate_table(
+                Job::ProdCons,
+                "4. producer/consumer",
+                "one thread allocates 16..512 B, hands batches of 64 through a bounded channel, \
+                 another frees them; ops = blocks",
+            );
+        }
+        if t5 {
+            self.efficiency_table();
+        }
+        if t6 {
+            self.storm_table();
+        }
+        if t7 {
+            self.larson_table();
+        }
+        if t8 {
+            self.midsize_table();
+        }
+        if t9 {
+            self.pinned_table();
+        }
+        if t10 {
+            self.sweep_table();
+        }
 
         if !self.notes.is_empty() {
             println!("## Failed children\n");
@@ -288,6 +465,12 @@ impl Bench {
             "- talc and linked_list sit behind spinning_top's spin lock, buddy behind spin's; \
              a throughput run stops at {} s and its rate counts the ops it did (marked *)",
             c.limit.as_secs()
+        );
+        println!(
+            "- tables 7-10 (whole-program shapes, issue #10) run glibc, mimalloc and sigalloc \
+             with mmap growth on (`sigalloc+mmap`, except table 9's 2 MiB rows); each run's \
+             timed part stops at {} s (marked *)",
+            c.scale_limit.as_secs()
         );
         if !HAVE_AO {
             println!("- AO_malloc: not installed (apt-get install libatomic-ops-dev)");
@@ -542,6 +725,394 @@ impl Bench {
             &rows,
         );
     }
+}
+
+/// Tables 7-10: whole-program shapes.
+impl Bench {
+    /// Runs `job` `repeats` times for every one of `names`, repeats interleaved across
+    /// allocators; per allocator, the summary of its runs or the text of its first failure.
+    fn sample(&mut self, names: &[&str], job: Job) -> Vec<Result<Summary, String>> {
+        let mut runs: Vec<Result<Vec<Fields>, String>> = names.iter().map(|_| Ok(vec![])).collect();
+        for _ in 0..self.cfg.repeats {
+            for (i, name) in names.iter().enumerate() {
+                if let Ok(v) = &mut runs[i] {
+                    match self.once(name, job, self.cfg.scale_watchdog) {
+                        Ok(f) => v.push(f),
+                        Err(e) => runs[i] = Err(e),
+                    }
+                }
+            }
+        }
+        runs.into_iter()
+            .map(|r| r.map(|v| Summary::of(&v)))
+            .collect()
+    }
+
+    fn scale_header(&self, title: &str, what: &str) {
+        println!(
+            "## {title}\n\n{what} {} run{} per cell in fresh processes, median; `sigalloc+mmap` \
+             is sigalloc's 2 MiB inline heap with `enable_mmap()`; same seeds for every \
+             allocator.\n",
+            self.cfg.repeats,
+            if self.cfg.repeats == 1 { "" } else { "s" }
+        );
+    }
+
+    fn larson_table(&mut self) {
+        let w = self.cfg.larson;
+        self.scale_header(
+            "7. larson-like",
+            &format!(
+                "{} threads, each holding {} live blocks of {}..{} B and replacing a random \
+                 one per step ({} steps per thread); every {} steps the threads rotate their \
+                 arrays, so from then on every free is of a block another thread allocated. \
+                 ops = steps of all threads; filling and emptying the arrays is not timed. \
+                 `time vs glibc`: glibc's rate over this one (issue #10's target for \
+                 sigalloc: at most 1.2x).",
+                w.threads, w.slots, w.min, w.max, w.ops, w.handover
+            ),
+        );
+        let sums = self.sample(&SCALE_NAMES, Job::Larson);
+        let glibc = sums[0].as_ref().ok().map(|s| s.rate);
+        let mi = sums[2].as_ref().ok().map(|s| s.rate);
+        let mut rows = Vec::new();
+        for (name, sum) in SCALE_NAMES.iter().zip(&sums) {
+            let shown = Job::Larson.shown(name);
+            rows.push(match sum {
+                Ok(s) => {
+                    self.json
+                        .push_fields("larson", &shown, w.threads, &s.json());
+                    vec![
+                        shown,
+                        s.rate_text(),
+                        times(glibc, s.rate),
+                        times(mi, s.rate),
+                        mib(s.rss_kib),
+                        s.failures.to_string(),
+                    ]
+                }
+                Err(e) => vec![
+                    shown,
+                    e.clone(),
+                    "–".into(),
+                    "–".into(),
+                    "".into(),
+                    "".into(),
+                ],
+            });
+        }
+        table(
+            &[
+                "allocator",
+                "ops/s",
+                "time vs glibc",
+                "time vs mimalloc",
+                "peak RSS",
+                "failed allocs",
+            ],
+            &rows,
+        );
+    }
+
+    fn midsize_table(&mut self) {
+        let w = self.cfg.midsize;
+        let sums = self.sample(&SCALE_NAMES, Job::MidSize);
+        let peak_live = sums
+            .iter()
+            .flatten()
+            .map(|s| s.peak_live)
+            .next()
+            .unwrap_or(0.0);
+        self.scale_header(
+            "8. mid-size",
+            &format!(
+                "One thread, a database-like mix: 50 % 2049..4096 B, 10 % 4104 B, 5 % 4368 B, \
+                 20 % 16..512 B, 15 % 513..2048 B, every block written in full. The live set \
+                 grows (3 of 4 steps allocate) to {} blocks and shrinks (3 of 4 steps free a \
+                 random block) to {}, {} times, then everything is freed; at most {} of \
+                 requests live at once. ops = allocations and frees, all timed. `peak RSS`: \
+                 the child's VmHWM, which includes about 2-3 MiB of the bench process itself. \
+                 Targets for sigalloc (issue #10): at most 1.1x glibc's time and 1.25x its \
+                 peak RSS.",
+                w.high,
+                w.low,
+                w.cycles,
+                mib(peak_live / 1024.0)
+            ),
+        );
+        let glibc = sums[0].as_ref().ok().map(|s| (s.rate, s.rss_kib));
+        let mut rows = Vec::new();
+        for (name, sum) in SCALE_NAMES.iter().zip(&sums) {
+            let shown = Job::MidSize.shown(name);
+            rows.push(match sum {
+                Ok(s) => {
+                    self.json.push_fields("midsize", &shown, 1, &s.json());
+                    vec![
+                        shown,
+                        s.rate_text(),
+                        times(glibc.map(|g| g.0), s.rate),
+                        mib(s.rss_kib),
+                        times(Some(s.rss_kib), glibc.map_or(0.0, |g| g.1)),
+                        s.failures.to_string(),
+                    ]
+                }
+                Err(e) => vec![
+                    shown,
+                    e.clone(),
+                    "–".into(),
+                    "".into(),
+                    "–".into(),
+                    "".into(),
+                ],
+            });
+        }
+        table(
+            &[
+                "allocator",
+                "ops/s",
+                "time vs glibc",
+                "peak RSS",
+                "RSS vs glibc",
+                "failed allocs",
+            ],
+            &rows,
+        );
+    }
+
+    fn pinned_table(&mut self) {
+        let c = &self.cfg;
+        let large_mib = c.large_live >> 20;
+        self.scale_header(
+            "9. threads pinned to cores",
+            &format!(
+                "T threads, thread t pinned to allowed CPU t % nproc (sched_setaffinity), \
+                 each churning its own {}-slot working set of 16..512 B ({} steps per thread; \
+                 seeds as in table 3); total ops/s over all threads, median (min–max over the \
+                 runs). Heap `2 MiB`: nothing else live, and sigalloc on its 2 MiB inline heap \
+                 with mmap off. Heap `{} MiB live`: the main thread first allocates {} MiB of \
+                 16..512 B blocks and keeps them, and sigalloc has mmap on. `T=n vs T=1`: the \
+                 median over the same allocator's own T=1 median (min–max of the runs over \
+                 that median). Issue #10's target for sigalloc: T=2 and T=8 at least 1.8x.",
+                c.pinned_slots, c.pinned_ops, large_mib, large_mib
+            ),
+        );
+        let mut rows = Vec::new();
+        let mut unpinned = 0;
+        for large in [false, true] {
+            let per_t: Vec<Vec<Result<Summary, String>>> = THREADS
+                .iter()
+                .map(|&t| self.sample(&SCALE_NAMES, Job::Pinned(t, large)))
+                .collect();
+            for (ni, name) in SCALE_NAMES.iter().enumerate() {
+                let shown = Job::Pinned(1, large).shown(name);
+                let heap = if large {
+                    format!("{large_mib} MiB live")
+                } else {
+                    "2 MiB".into()
+                };
+                let mut row = vec![heap, shown.clone()];
+                let base = per_t[0][ni].as_ref().ok().map(|s| s.rate);
+                let mut ratios = Vec::new();
+                let mut failures = 0.0f64;
+                for (ti, &t) in THREADS.iter().enumerate() {
+                    match &per_t[ti][ni] {
+                        Ok(s) => {
+                            unpinned += s.unpinned;
+                            failures = failures.max(s.failures);
+                            let mut fields = s.json();
+                            fields.push(("large_heap", f64::from(u8::from(large))));
+                            self.json.push_fields("pinned", &shown, t, &fields);
+                            row.push(s.range_text());
+                            if t > 1 {
+                                ratios.push(match base {
+                                    Some(b) if b > 0.0 && s.min == s.max => {
+                                        format!("{:.2}x", s.rate / b)
+                                    }
+                                    Some(b) if b > 0.0 => format!(
+                                        "{:.2}x ({:.2}–{:.2})",
+                                        s.rate / b,
+                                        s.min / b,
+                                        s.max / b
+                                    ),
+                                    _ => "–".into(),
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            row.push(e.clone());
+                            if t > 1 {
+                                ratios.push("–".into());
+                            }
+                        }
+                    }
+                }
+                row.extend(ratios);
+                row.push(failures.to_string());
+                rows.push(row);
+            }
+        }
+        let mut head = vec!["heap", "allocator"];
+        let t_heads: Vec<String> = THREADS.iter().map(|t| format!("T={t}")).collect();
+        let r_heads: Vec<String> = THREADS[1..]
+            .iter()
+            .map(|t| format!("T={t} vs T=1"))
+            .collect();
+        head.extend(t_heads.iter().map(String::as_str));
+        head.extend(r_heads.iter().map(String::as_str));
+        head.push("failed allocs");
+        table(&head, &rows);
+        if unpinned > 0 {
+            println!("Pinning failed in {unpinned} runs: their threads ran unpinned.\n");
+        }
+    }
+
+    fn sweep_table(&mut self) {
+        let c = &self.cfg;
+        let sizes = c.sweep_mib;
+        let note = if c.quick {
+            format!(
+                " Quick mode: {}, {} and {} MiB (the full run's largest point is 512 MiB).",
+                sizes[0], sizes[1], sizes[2]
+            )
+        } else {
+            String::new()
+        };
+        self.scale_header(
+            "10. heap-size sweep",
+            &format!(
+                "The churn of table 2 (one thread, {}-slot working set of 16..512 B, {} steps) \
+                 beside live data: before the churn starts, 16..512 B blocks are allocated and \
+                 kept until the working set and they hold the column's bytes. Only the churn \
+                 is timed; ns per step (*: the time limit cut the churn short). Issue #10's \
+                 target for sigalloc: the largest heap within 1.3x of the smallest's time per \
+                 step.{note}",
+                workloads::SLOTS,
+                c.sweep_ops
+            ),
+        );
+        let per_size: Vec<Vec<Result<Summary, String>>> = sizes
+            .iter()
+            .map(|&m| self.sample(&SCALE_NAMES, Job::Sweep(m)))
+            .collect();
+        let mut rows = Vec::new();
+        for (ni, name) in SCALE_NAMES.iter().enumerate() {
+            let shown = Job::Sweep(0).shown(name);
+            let mut row = vec![shown.clone()];
+            let mut failures = 0.0f64;
+            for (si, &m) in sizes.iter().enumerate() {
+                match &per_size[si][ni] {
+                    Ok(s) => {
+                        failures = failures.max(s.failures);
+                        let mut fields = s.json();
+                        fields.push(("live_mib", m as f64));
+                        self.json.push_fields("sweep", &shown, 1, &fields);
+                        row.push(format!(
+                            "{:.1}{}",
+                            1e9 / s.rate.max(1e-9),
+                            if s.truncated { "*" } else { "" }
+                        ));
+                    }
+                    Err(e) => row.push(e.clone()),
+                }
+            }
+            let (first, last) = (&per_size[0][ni], &per_size[sizes.len() - 1][ni]);
+            row.push(match (first, last) {
+                (Ok(a), Ok(b)) => times(Some(a.rate), b.rate),
+                _ => "–".into(),
+            });
+            row.push(last.as_ref().map_or(String::new(), |s| mib(s.rss_kib)));
+            row.push(failures.to_string());
+            rows.push(row);
+        }
+        let heads: Vec<String> = sizes.iter().map(|m| format!("{m} MiB: ns/step")).collect();
+        let largest = format!("peak RSS at {} MiB", sizes[sizes.len() - 1]);
+        let mut head = vec!["allocator"];
+        head.extend(heads.iter().map(String::as_str));
+        head.push("largest / smallest");
+        head.push(&largest);
+        head.push("failed allocs");
+        table(&head, &rows);
+    }
+}
+
+/// The runs of one cell of tables 7-10.
+struct Summary {
+    /// Median, lowest and highest ops/s.
+    rate: f64,
+    min: f64,
+    max: f64,
+    /// Worst failure count; whether any run hit the time limit.
+    failures: f64,
+    truncated: bool,
+    /// Median peak RSS (KiB) and peak requested live bytes.
+    rss_kib: f64,
+    peak_live: f64,
+    /// Runs whose threads could not all be pinned.
+    unpinned: usize,
+}
+
+impl Summary {
+    fn of(runs: &[Fields]) -> Summary {
+        let median = |key: &dyn Fn(&Fields) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(key).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let rate = |f: &Fields| f.num("ops") / f.num("secs").max(1e-9);
+        let rates = || runs.iter().map(rate);
+        Summary {
+            rate: median(&rate),
+            min: rates().fold(f64::INFINITY, f64::min),
+            max: rates().fold(0.0, f64::max),
+            failures: runs.iter().map(|f| f.num("failures")).fold(0.0, f64::max),
+            truncated: runs.iter().any(|f| f.num("truncated") != 0.0),
+            rss_kib: median(&|f| f.num("rss_kib")),
+            peak_live: median(&|f| f.num("peak_live")),
+            unpinned: runs
+                .iter()
+                .filter(|f| f.has("pinned") && f.num("pinned") == 0.0)
+                .count(),
+        }
+    }
+
+    /// "12.34 M" ("*": a run hit the time limit).
+    fn rate_text(&self) -> String {
+        format!("{}{}", si(self.rate), if self.truncated { "*" } else { "" })
+    }
+
+    /// "12.34 M (11.9 M–12.6 M)" when the runs differ.
+    fn range_text(&self) -> String {
+        if self.min == self.max {
+            self.rate_text()
+        } else {
+            format!("{} ({}–{})", self.rate_text(), si(self.min), si(self.max))
+        }
+    }
+
+    fn json(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("ops_per_sec", self.rate),
+            ("ops_per_sec_min", self.min),
+            ("ops_per_sec_max", self.max),
+            ("failed_allocs", self.failures),
+            ("hit_time_limit", f64::from(u8::from(self.truncated))),
+            ("peak_rss_kib", self.rss_kib),
+        ]
+    }
+}
+
+/// How many times longer `x`'s run took than `base`'s, from rates (or any "bigger is
+/// more" pair): "1.23x", or "–" without both.
+fn times(base: Option<f64>, x: f64) -> String {
+    match base {
+        Some(b) if b > 0.0 && x > 0.0 => format!("{:.2}x", b / x),
+        _ => "–".into(),
+    }
+}
+
+/// KiB as "12.3 MiB".
+fn mib(kib: f64) -> String {
+    format!("{:.1} MiB", kib / 1024.0)
 }
 
 /// Whether `name` can run here (AO_malloc needs libatomic_ops_gpl at build time).

@@ -140,6 +140,26 @@ impl Json {
         ));
     }
 
+    /// Records one measurement given as named numbers (tables 7-10).
+    pub fn push_fields(
+        &mut self,
+        workload: &str,
+        allocator: &str,
+        threads: usize,
+        fields: &[(&str, f64)],
+    ) {
+        let values: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", quote(k)))
+            .collect();
+        self.records.push(format!(
+            r#"{{"workload":{},"allocator":{},"threads":{threads},{}}}"#,
+            quote(workload),
+            quote(allocator),
+            values.join(",")
+        ));
+    }
+
     pub fn write(&self, path: &str, machine: &[(&str, String)]) -> std::io::Result<()> {
         let m: Vec<String> = machine
             .iter()

@@ -35,6 +35,11 @@ impl Fields {
         )
     }
 
+    /// Whether the result has `key`.
+    pub fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
     /// The number under `key` (0 if missing, which a well-formed child never does).
     pub fn num(&self, key: &str) -> f64 {
         self.0

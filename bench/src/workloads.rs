@@ -17,7 +17,7 @@ use crate::allocators::Alloc;
 pub const ALIGN: usize = 16;
 
 /// How often (in operations) a loop looks at the clock.
-const CLOCK_EVERY: u64 = 256;
+pub(crate) const CLOCK_EVERY: u64 = 256;
 
 /// xorshift64*: tiny, fast, and identical on every run for a given seed.
 pub struct Rng(u64);
@@ -55,22 +55,22 @@ pub struct Throughput {
 }
 
 /// Stops a loop at its op budget or at its time limit, whichever comes first.
-struct Budget {
-    ops: u64,
-    deadline: Instant,
+pub(crate) struct Budget {
+    pub(crate) ops: u64,
+    pub(crate) deadline: Instant,
 }
 
 impl Budget {
     /// Whether operation `i` should still run; false past the deadline (checked every
     /// CLOCK_EVERY ops so the clock does not dominate cheap allocators).
-    fn go(&self, i: u64) -> bool {
+    pub(crate) fn go(&self, i: u64) -> bool {
         i < self.ops && (!i.is_multiple_of(CLOCK_EVERY) || Instant::now() < self.deadline)
     }
 }
 
 /// Writes the first byte, as a caller would.
 #[inline]
-fn touch(p: *mut u8, v: u8) {
+pub(crate) fn touch(p: *mut u8, v: u8) {
     if !p.is_null() {
         // SAFETY: a non-null block of at least one byte that we own.
         unsafe { p.write_volatile(v) };
@@ -108,25 +108,25 @@ pub fn pairs(a: &dyn Alloc, ops: u64, limit: Duration) -> Throughput {
 /// Slots in a churn working set.
 pub const SLOTS: usize = 1000;
 
-/// One thread's churn: a SLOTS-slot working set, each step freeing a random slot and
-/// refilling it with 16..512 B. Only `steps` is timed, not filling (`fill`) or emptying
-/// (`drop`) the set.
-struct Churn<'a> {
+/// One thread's churn: a working set of `slots` slots (SLOTS in tables 2-3), each step
+/// freeing a random slot and refilling it with 16..512 B. Only `steps` is timed, not
+/// filling (`fill`) or emptying (`drop`) the set.
+pub(crate) struct Churn<'a> {
     a: &'a dyn Alloc,
     rng: Rng,
     slots: Vec<(*mut u8, usize)>,
-    failures: u64,
+    pub(crate) failures: u64,
 }
 
 impl<'a> Churn<'a> {
-    fn fill(a: &'a dyn Alloc, seed: u64) -> Self {
+    pub(crate) fn fill(a: &'a dyn Alloc, seed: u64, slots: usize) -> Self {
         let mut c = Churn {
             a,
             rng: Rng::new(seed),
-            slots: vec![(ptr::null_mut(), 0); SLOTS],
+            slots: vec![(ptr::null_mut(), 0); slots],
             failures: 0,
         };
-        for i in 0..SLOTS {
+        for i in 0..slots {
             c.refill(i);
         }
         c
@@ -152,10 +152,11 @@ impl<'a> Churn<'a> {
         }
     }
 
-    fn steps(&mut self, budget: &Budget) -> u64 {
+    pub(crate) fn steps(&mut self, budget: &Budget) -> u64 {
+        let last = self.slots.len() - 1;
         let mut i = 0;
         while budget.go(i) {
-            let slot = self.rng.range(0, SLOTS - 1);
+            let slot = self.rng.range(0, last);
             self.free(slot);
             self.refill(slot);
             i += 1;
@@ -166,7 +167,7 @@ impl<'a> Churn<'a> {
 
 impl Drop for Churn<'_> {
     fn drop(&mut self) {
-        for i in 0..SLOTS {
+        for i in 0..self.slots.len() {
             self.free(i);
         }
     }
@@ -184,7 +185,7 @@ pub fn churn(a: &dyn Alloc, threads: usize, ops: u64, limit: Duration) -> Throug
             .map(|t| {
                 let (ready, done) = (&ready, &done);
                 s.spawn(move || {
-                    let mut c = Churn::fill(a, 100 + t as u64);
+                    let mut c = Churn::fill(a, 100 + t as u64, SLOTS);
                     ready.wait();
                     let budget = Budget {
                         ops,
