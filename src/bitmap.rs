@@ -10,6 +10,20 @@
 //!   [`Bitmap::take_any`] removes a listing; the chunk's anchor then decides whether the
 //!   taker really gets the chunk (see `chunk.rs`).
 //!
+//! A partial map has a *summary*: one bit per word of the map, set when the word may
+//! hold a set bit, and above it a *top* level, one bit per summary word, so a search
+//! for a listing reads one top word, then only the summary and map words whose bits
+//! are set: an empty map costs one load however large the region (a top word covers
+//! 2^18 chunks on 64-bit targets, a 1 GiB region). The rule that keeps each level
+//! exact: a level's bit is set after every bit set in the word below it (Release), and
+//! is cleared only by whoever empties that word, who then looks at the word again and
+//! sets the bit back if it is no longer empty. Every change of a summary word is an
+//! RMW, so the clearer's AcqRel RMW either comes first (and the setter's later set
+//! stands) or reads from the setter's Release RMW, after which the clearer's second look
+//! sees the setter's bit. Either way no set bit is left without its summary bit once
+//! its setter has returned (the loom model `summary_keeps_every_listing` checks it).
+//! A setter stopped between its two RMWs hides only its own bit until it resumes.
+//!
 //! A run claim takes its words in ascending order, one CAS per word, and gives back what
 //! it took if a later word turns out to be taken. A CAS fails only because another
 //! thread changed the word, so someone always makes progress (I4); a thread stopped
@@ -21,10 +35,14 @@ use crate::sync::{AtomicUsize, Ordering};
 
 const W: usize = usize::BITS as usize;
 
-/// A view of `len` bits stored in shared words.
+/// A view of `len` bits stored in shared words, with an optional summary.
 #[derive(Clone, Copy)]
 pub(crate) struct Bitmap<'a> {
     words: &'a [AtomicUsize],
+    /// One bit per word of `words` (see the module docs); empty for no summary.
+    summary: &'a [AtomicUsize],
+    /// One bit per word of `summary`.
+    top: &'a [AtomicUsize],
     len: usize,
 }
 
@@ -41,6 +59,7 @@ fn mask(lo: usize, hi: usize) -> usize {
 
 impl<'a> Bitmap<'a> {
     /// Words needed for `len` bits.
+    #[inline(always)]
     pub(crate) const fn words_for(len: usize) -> usize {
         len.div_ceil(W)
     }
@@ -48,7 +67,94 @@ impl<'a> Bitmap<'a> {
     /// A view of `len` bits over `words` (which must hold at least `words_for(len)`).
     pub(crate) fn new(words: &'a [AtomicUsize], len: usize) -> Self {
         let len = len.min(words.len() * W);
-        Bitmap { words, len }
+        Bitmap {
+            words,
+            summary: &[],
+            top: &[],
+            len,
+        }
+    }
+
+    /// A view as [`new`](Self::new) gives, kept with a summary of `summary_words(len)`
+    /// words and a top level of `top_words(len)`.
+    pub(crate) fn with_summary(
+        words: &'a [AtomicUsize],
+        summary: &'a [AtomicUsize],
+        top: &'a [AtomicUsize],
+        len: usize,
+    ) -> Self {
+        let len = len
+            .min(words.len() * W)
+            .min(summary.len() * W * W)
+            .min(top.len() * W * W * W);
+        Bitmap {
+            words,
+            summary,
+            top,
+            len,
+        }
+    }
+
+    /// Words of summary a map of `len` bits needs.
+    #[inline(always)]
+    pub(crate) const fn summary_words(len: usize) -> usize {
+        Self::words_for(Self::words_for(len))
+    }
+
+    /// Words of top level a map of `len` bits needs.
+    #[inline(always)]
+    pub(crate) const fn top_words(len: usize) -> usize {
+        Self::words_for(Self::summary_words(len))
+    }
+
+    /// Sets word `wi`'s summary bit and its summary word's top bit, after a bit of
+    /// word `wi` was set.
+    #[inline(always)]
+    fn summarize(&self, wi: usize) {
+        if let Some(s) = self.summary.get(wi / W) {
+            // ORDERING: Release pairs with the AcqRel clear in `unsummarize`: whoever
+            // clears this summary bit after us sees our bit in the word.
+            s.fetch_or(1 << (wi % W), Ordering::Release);
+        }
+        let si = wi / W;
+        if let Some(t) = self.top.get(si / W) {
+            // ORDERING: Release pairs with the AcqRel clear in `untop`, likewise.
+            t.fetch_or(1 << (si % W), Ordering::Release);
+        }
+    }
+
+    /// Clears word `wi`'s summary bit after the caller emptied the word, unless the
+    /// word has meanwhile been set again (see the module docs); and the top bit above,
+    /// if that emptied its summary word.
+    fn unsummarize(&self, wi: usize) {
+        let Some(s) = self.summary.get(wi / W) else {
+            return;
+        };
+        let m = 1 << (wi % W);
+        // ORDERING: AcqRel: Acquire pairs with the Release set in `summarize`, so the
+        // look below sees the bit of any setter whose summary set we are clearing.
+        let old = s.fetch_and(!m, Ordering::AcqRel);
+        if old & !m == 0 {
+            self.untop(wi / W);
+        }
+        if self.load_word(wi) != 0 {
+            self.summarize(wi);
+        }
+    }
+
+    /// Clears summary word `si`'s top bit after the caller emptied that summary word,
+    /// unless it has meanwhile been set again.
+    fn untop(&self, si: usize) {
+        let (Some(t), Some(s)) = (self.top.get(si / W), self.summary.get(si)) else {
+            return;
+        };
+        // ORDERING: AcqRel, as in `unsummarize`, one level up.
+        t.fetch_and(!(1 << (si % W)), Ordering::AcqRel);
+        // ORDERING: Relaxed: ordered after the Acquire above.
+        if s.load(Ordering::Relaxed) != 0 {
+            // ORDERING: Release, as in `summarize`.
+            t.fetch_or(1 << (si % W), Ordering::Release);
+        }
     }
 
     #[inline(always)]
@@ -62,6 +168,7 @@ impl<'a> Bitmap<'a> {
         if let Some(w) = self.word(i) {
             // ORDERING: Release pairs with the Acquire in `take_any`/`claim_*`.
             w.fetch_or(1 << (i % W), Ordering::Release);
+            self.summarize(i / W);
         }
     }
 
@@ -69,8 +176,12 @@ impl<'a> Bitmap<'a> {
     /// chunk whose reset descriptor the next claimer must see.
     pub(crate) fn clear(&self, i: usize) {
         if let Some(w) = self.word(i) {
+            let m = 1 << (i % W);
             // ORDERING: Release pairs with the Acquire CAS in `claim_one`/`claim_run`.
-            w.fetch_and(!(1 << (i % W)), Ordering::Release);
+            let old = w.fetch_and(!m, Ordering::Release);
+            if old & m != 0 && old & !m == 0 {
+                self.unsummarize(i / W);
+            }
         }
     }
 
@@ -83,26 +194,68 @@ impl<'a> Bitmap<'a> {
 
     /// Number of set bits in `lo..hi` (a snapshot).
     pub(crate) fn count(&self, lo: usize, hi: usize) -> usize {
-        (lo..hi.min(self.len)).filter(|&i| self.get(i)).count()
+        let hi = hi.min(self.len);
+        if lo >= hi {
+            return 0;
+        }
+        (lo / W..hi.div_ceil(W))
+            .map(|w| {
+                let inside = mask(lo.max(w * W) - w * W, hi.min((w + 1) * W) - w * W);
+                (self.load_word(w) & inside).count_ones() as usize
+            })
+            .sum()
     }
 
-    /// Takes any set bit, clearing it; returns its index.
+    /// Takes any set bit, clearing it; returns its index. With a summary, only words
+    /// whose summary bit is set are read.
     pub(crate) fn take_any(&self) -> Option<usize> {
-        for (wi, w) in self.words.iter().enumerate() {
-            // ORDERING: Relaxed scan; the Acquire RMW below is what synchronizes.
-            let mut cur = w.load(Ordering::Relaxed);
-            while cur != 0 {
-                let bit = cur.trailing_zeros() as usize;
-                let m = 1usize << bit;
-                // ORDERING: Acquire pairs with the Release in `set`: the setter's
-                // anchor change happens-before our read of the anchor.
-                let old = w.fetch_and(!m, Ordering::Acquire);
-                let idx = wi * W + bit;
-                if old & m != 0 && idx < self.len {
+        if self.summary.is_empty() {
+            return (0..self.words.len()).find_map(|wi| self.take_in(wi));
+        }
+        for (ti, t) in self.top.iter().enumerate() {
+            // ORDERING: Relaxed scan (all three levels); the map word's Acquire RMW
+            // synchronizes.
+            let mut tops = t.load(Ordering::Relaxed);
+            while tops != 0 {
+                let si = ti * W + tops.trailing_zeros() as usize;
+                tops &= tops - 1;
+                let Some(s) = self.summary.get(si) else {
+                    break;
+                };
+                let mut sum = s.load(Ordering::Relaxed);
+                while sum != 0 {
+                    let wi = si * W + sum.trailing_zeros() as usize;
+                    sum &= sum - 1;
+                    if let Some(idx) = self.take_in(wi) {
+                        return Some(idx);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes any set bit of word `wi`.
+    fn take_in(&self, wi: usize) -> Option<usize> {
+        let w = self.words.get(wi)?;
+        // ORDERING: Relaxed scan; the Acquire RMW below is what synchronizes.
+        let mut cur = w.load(Ordering::Relaxed);
+        while cur != 0 {
+            let bit = cur.trailing_zeros() as usize;
+            let m = 1usize << bit;
+            // ORDERING: Acquire pairs with the Release in `set`: the setter's anchor
+            // change happens-before our read of the anchor.
+            let old = w.fetch_and(!m, Ordering::Acquire);
+            let idx = wi * W + bit;
+            if old & m != 0 {
+                if old & !m == 0 {
+                    self.unsummarize(wi);
+                }
+                if idx < self.len {
                     return Some(idx);
                 }
-                cur = old & !m;
             }
+            cur = old & !m;
         }
         None
     }
@@ -136,6 +289,10 @@ impl<'a> Bitmap<'a> {
     }
 
     /// Claims `n` consecutive clear bits within `lo..hi`, lowest first; returns the first.
+    ///
+    /// A word at a time: a word with no clear bit is passed in one step, and within a
+    /// word the next set bit and the set bits after it are found with one count each.
+    /// If another thread takes part of the run first, the scan goes on from there.
     pub(crate) fn claim_run(&self, lo: usize, hi: usize, n: usize) -> Option<usize> {
         if n == 0 {
             return None;
@@ -144,29 +301,71 @@ impl<'a> Bitmap<'a> {
             return self.claim_one(lo, hi);
         }
         let hi = hi.min(self.len);
-        'scan: loop {
-            let mut start = lo;
-            let mut i = lo;
-            let mut cur = 0usize;
-            while i < hi {
-                if i == lo || i % W == 0 {
-                    // ORDERING: Relaxed scan; `claim_range` synchronizes.
-                    cur = self
-                        .word(i)
-                        .map_or(usize::MAX, |w| w.load(Ordering::Relaxed));
+        let mut start = lo; // where the clear run being measured begins
+        let mut i = lo; // the next bit to look at
+        while i < hi {
+            let (wi, b) = (i / W, i % W);
+            let width = (W - b).min(hi - i);
+            // The used bits of `i..i + width`, shifted down to bit 0.
+            let used = (self.load_word(wi) >> b) & mask(0, width);
+            let clear = used.trailing_zeros() as usize; // clear bits before the next used
+            if i + clear.min(width) - start >= n {
+                if self.claim_range(start, n) {
+                    return Some(start);
                 }
-                if cur & (1 << (i % W)) != 0 {
-                    start = i + 1;
-                } else if i + 1 - start == n {
-                    if self.claim_range(start, n) {
-                        return Some(start);
-                    }
-                    continue 'scan;
-                }
-                i += 1;
+                // Someone took part of it: measure again from the same start.
+                i = start;
+                continue;
             }
-            return None;
+            if used == 0 {
+                i += width;
+            } else {
+                let taken = (used >> clear).trailing_ones() as usize;
+                i += clear + taken;
+                start = i;
+            }
         }
+        None
+    }
+
+    /// Claims `n` consecutive clear bits within `lo..hi` whose first index is `phase`
+    /// modulo `step` (an aligned address, for `step` chunks of alignment); returns the
+    /// first. Rare (alignments above a chunk), so it simply tries each aligned start.
+    pub(crate) fn claim_run_aligned(
+        &self,
+        lo: usize,
+        hi: usize,
+        n: usize,
+        step: usize,
+        phase: usize,
+    ) -> Option<usize> {
+        if step <= 1 {
+            return self.claim_run(lo, hi, n);
+        }
+        let hi = hi.min(self.len);
+        let mut start = lo + (phase % step + step - lo % step) % step;
+        while start.checked_add(n)? <= hi {
+            if self.is_clear(start, n) && self.claim_range(start, n) {
+                return Some(start);
+            }
+            start += step;
+        }
+        None
+    }
+
+    /// Whether bits `start..start + n` are all clear (a snapshot).
+    fn is_clear(&self, start: usize, n: usize) -> bool {
+        let end = start.saturating_add(n).min(self.len);
+        let mut i = start;
+        while i < end {
+            let wi = i / W;
+            let hi = (end - wi * W).min(W);
+            if self.load_word(wi) & mask(i % W, hi) != 0 {
+                return false;
+            }
+            i = wi * W + hi;
+        }
+        true
     }
 
     /// Claims exactly bits `start..start + n`, all or nothing.
@@ -204,7 +403,6 @@ impl<'a> Bitmap<'a> {
     }
 
     /// Word `w` of the map (bits `w * usize::BITS..`), bits past the end masked off.
-    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
     pub(crate) fn load_word(&self, w: usize) -> usize {
         // ORDERING: Relaxed: a snapshot for a scan; whoever acts on a bit claims it.
         self.words
@@ -212,24 +410,7 @@ impl<'a> Bitmap<'a> {
             .map_or(0, |x| x.load(Ordering::Relaxed) & self.valid(w))
     }
 
-    /// Replaces word `w` with `v` (masked to the map), returning the old bits.
-    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
-    pub(crate) fn swap_word(&self, w: usize, v: usize) -> usize {
-        let v = v & self.valid(w);
-        // ORDERING: Relaxed: only used for the idle map, a hint (see `mapped.rs`).
-        self.words
-            .get(w)
-            .map_or(0, |x| x.swap(v, Ordering::Relaxed) & self.valid(w))
-    }
-
-    /// Words the map spans.
-    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
-    pub(crate) fn word_count(&self) -> usize {
-        Self::words_for(self.len)
-    }
-
     /// The bits of word `w` that lie inside the map.
-    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
     fn valid(&self, w: usize) -> usize {
         let lo = w.saturating_mul(W);
         if lo >= self.len {
@@ -294,6 +475,34 @@ mod tests {
     }
 
     #[test]
+    fn runs_are_found_between_scattered_used_bits() {
+        let w = words(4);
+        let b = Bitmap::new(&w, 250);
+        // Used: every 7th bit, except a gap of 30 clear bits at 131..161.
+        for i in (0..250).step_by(7) {
+            if !(131..161).contains(&i) {
+                assert!(b.claim_range(i, 1));
+            }
+        }
+        assert_eq!(b.claim_run(0, 250, 6), Some(1));
+        assert_eq!(b.claim_run(0, 250, 25), Some(127));
+        assert_eq!(b.claim_run(0, 250, 10), None);
+        assert_eq!(b.claim_run(0, 250, 9), Some(152));
+        assert_eq!(b.claim_run(0, 250, 7), None);
+        // The tail of the map counts, up to `hi` and no further.
+        let w = words(1);
+        let b = Bitmap::new(&w, 64);
+        assert!(b.claim_range(0, 60));
+        assert_eq!(b.claim_run(0, 64, 4), Some(60));
+        assert_eq!(b.claim_run(0, 64, 2), None);
+        let w = words(2);
+        let b = Bitmap::new(&w, 100);
+        assert_eq!(b.claim_run(10, 90, 80), Some(10));
+        assert_eq!(b.claim_run(0, 100, 11), None);
+        assert_eq!(b.claim_run(0, 100, 10), Some(0));
+    }
+
+    #[test]
     fn take_any_takes_each_bit_once() {
         let w = words(2);
         let b = Bitmap::new(&w, 128);
@@ -302,5 +511,73 @@ mod tests {
         let mut got = [b.take_any(), b.take_any(), b.take_any()];
         got.sort();
         assert_eq!(got, [None, Some(5), Some(100)]);
+    }
+}
+
+/// Loom models of the summary protocol (run by the loom gate with `--lib`).
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use std::sync::Arc;
+    use std::vec::Vec;
+
+    /// Two map words (128 bits), their summary word and its top word.
+    struct Maps {
+        words: Vec<AtomicUsize>,
+        summary: Vec<AtomicUsize>,
+        top: Vec<AtomicUsize>,
+    }
+
+    impl Maps {
+        fn new() -> Arc<Maps> {
+            Arc::new(Maps {
+                words: (0..2).map(|_| AtomicUsize::new(0)).collect(),
+                summary: (0..1).map(|_| AtomicUsize::new(0)).collect(),
+                top: (0..1).map(|_| AtomicUsize::new(0)).collect(),
+            })
+        }
+        fn map(&self) -> Bitmap<'_> {
+            Bitmap::with_summary(&self.words, &self.summary, &self.top, 128)
+        }
+    }
+
+    /// A taker that empties a word races a setter (and a clearer) of the same word:
+    /// after both, every bit still set is found through the summary, and every bit is
+    /// taken exactly once.
+    #[test]
+    fn summary_keeps_every_listing() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = runs.clone();
+        loom::model(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let maps = Maps::new();
+            maps.map().set(5);
+            maps.map().set(70);
+            let taker = {
+                let maps = maps.clone();
+                loom::thread::spawn(move || maps.map().take_any())
+            };
+            let setter = {
+                let maps = maps.clone();
+                loom::thread::spawn(move || {
+                    maps.map().set(7);
+                    maps.map().clear(70);
+                })
+            };
+            let mut got: Vec<usize> = taker.join().unwrap().into_iter().collect();
+            setter.join().unwrap();
+            while let Some(i) = maps.map().take_any() {
+                got.push(i);
+            }
+            got.sort_unstable();
+            // 70 may be taken before the clearer gets to it; 5 and 7 must both come out.
+            got.retain(|&i| i != 70);
+            assert_eq!(got, [5, 7]);
+            for w in maps.summary.iter().chain(&maps.top) {
+                assert_eq!(w.load(Ordering::Relaxed), 0, "a stale summary bit");
+            }
+        });
+        let n = runs.load(std::sync::atomic::Ordering::Relaxed);
+        std::println!("loom model summary_keeps_every_listing: {n} interleavings");
     }
 }

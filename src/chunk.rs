@@ -107,6 +107,49 @@ impl Anchor {
     }
 }
 
+/// The owner's private list, packed in one word: head index (low 16 bits) and length
+/// (high 16 bits). Owner-only, so it needs no CAS; it is one word only to keep the
+/// descriptor small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Private(u32);
+
+impl Private {
+    const EMPTY: Private = Private(0);
+    #[inline(always)]
+    const fn new(head: u32, len: u32) -> Private {
+        Private((len << 16) | (head & 0xFFFF))
+    }
+    #[inline(always)]
+    const fn head(self) -> u32 {
+        self.0 & 0xFFFF
+    }
+    #[inline(always)]
+    const fn len(self) -> u32 {
+        self.0 >> 16
+    }
+}
+
+/// How far the owner has carved the chunk, packed in one word: blocks carved (low 16
+/// bits) and dirty bytes (high 16 bits: bytes at or past `dirty` have not been handed
+/// out since the memory was last zero). Owner-only, like [`Private`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Carve(u32);
+
+impl Carve {
+    #[inline(always)]
+    const fn new(carved: u32, dirty: u32) -> Carve {
+        Carve((dirty << 16) | (carved & 0xFFFF))
+    }
+    #[inline(always)]
+    const fn carved(self) -> u32 {
+        self.0 & 0xFFFF
+    }
+    #[inline(always)]
+    const fn dirty(self) -> u32 {
+        self.0 >> 16
+    }
+}
+
 /// What a push did to the chunk, which tells the pusher what it must do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -125,10 +168,9 @@ pub(crate) enum Pushed {
 pub(crate) struct Desc {
     /// The anchor (see the module docs).
     pub(crate) anchor: AtomicU32,
-    /// Owner-only: private list head (low 16 bits) and length (high 16 bits).
+    /// Owner-only: the private list, a [`Private`].
     private: AtomicU32,
-    /// Owner-only: `carved` blocks (low 16 bits) and `dirty` bytes (high 16 bits): bytes
-    /// at or past `dirty` have never been handed out since the memory was zero.
+    /// Owner-only: a [`Carve`].
     carve: AtomicU32,
     /// For a span head: the number of chunks in the span.
     pub(crate) span: AtomicU32,
@@ -174,14 +216,34 @@ impl Desc {
         Anchor(self.anchor.load(o))
     }
 
+    // The owner-only words. ORDERING (all four): Relaxed: only the chunk's owner (or a
+    // reader at quiescence, or statistics that accept a stale value) touches them, and
+    // the anchor's Release/Acquire CAS at each change of owner orders them.
+    #[inline(always)]
+    fn private(&self) -> Private {
+        Private(self.private.load(Ordering::Relaxed))
+    }
+    #[inline(always)]
+    fn set_private(&self, p: Private) {
+        self.private.store(p.0, Ordering::Relaxed);
+    }
+    #[inline(always)]
+    fn carve(&self) -> Carve {
+        Carve(self.carve.load(Ordering::Relaxed))
+    }
+    #[inline(always)]
+    fn set_carve(&self, c: Carve) {
+        self.carve.store(c.0, Ordering::Relaxed);
+    }
+
     /// Formats a chunk the caller has just claimed from the free map for `class`.
     pub(crate) fn format(&self, class: Class) {
-        // ORDERING (all three): Relaxed. The caller owns the chunk exclusively (claimed
-        // with an Acquire RMW on the used map). Nobody can take it from `ACTIVE`, and the
-        // owner's later Release CAS publishes these writes to the next owner.
-        self.private.store(0, Ordering::Relaxed);
-        let dirty = self.carve.load(Ordering::Relaxed) & 0xFFFF_0000;
-        self.carve.store(dirty, Ordering::Relaxed);
+        // The caller owns the chunk exclusively (claimed with an Acquire RMW on the used
+        // map). Nobody can take it from `ACTIVE`, and the owner's later Release CAS
+        // publishes these writes to the next owner.
+        self.set_private(Private::EMPTY);
+        self.set_carve(Carve::new(0, self.carve().dirty()));
+        // ORDERING: Relaxed, as above.
         self.anchor.store(
             Anchor::new(ACTIVE, class.id() as u32, 0, 0).0,
             Ordering::Relaxed,
@@ -197,26 +259,19 @@ impl Desc {
     ///   serving `class`, and `base` is the chunk's first byte.
     #[inline(always)]
     pub(crate) unsafe fn owner_pop(&self, base: *mut u8, class: Class) -> Option<(u32, bool)> {
-        // ORDERING: Relaxed: owner-only field, ordered by the ownership hand-over.
-        let private = self.private.load(Ordering::Relaxed);
-        if private >> 16 != 0 {
-            let idx = private & 0xFFFF;
+        let private = self.private();
+        if private.len() != 0 {
+            let idx = private.head();
             // SAFETY: I1, the block heads our private list, so we own it.
             let next = unsafe { read_link(block(base, class, idx)) };
-            // ORDERING: Relaxed: owner-only.
-            self.private.store(
-                (private - (1 << 16)) & 0xFFFF_0000 | (next & 0xFFFF),
-                Ordering::Relaxed,
-            );
+            self.set_private(Private::new(next, private.len() - 1));
             return Some((idx, false));
         }
-        // ORDERING: Relaxed: owner-only.
-        let carve = self.carve.load(Ordering::Relaxed);
-        let carved = carve & 0xFFFF;
+        let carve = self.carve();
+        let carved = carve.carved();
         if carved < class.capacity() {
-            // ORDERING: Relaxed: owner-only.
-            self.carve.store(carve + 1, Ordering::Relaxed);
-            let zero = (carved as usize) << class.shift() >= (carve >> 16) as usize;
+            self.set_carve(Carve::new(carved + 1, carve.dirty()));
+            let zero = (carved as usize) << class.shift() >= carve.dirty() as usize;
             return Some((carved, zero));
         }
         // SAFETY: forwarded from our caller.
@@ -262,10 +317,7 @@ impl Desc {
                         let idx = a.head();
                         // SAFETY: I1, we just took the whole list, so we own its blocks.
                         let next = unsafe { read_link(block(base, class, idx)) };
-                        let rest = a.count() - 1;
-                        // ORDERING: Relaxed: owner-only.
-                        self.private
-                            .store((rest << 16) | (next & 0xFFFF), Ordering::Relaxed);
+                        self.set_private(Private::new(next, a.count() - 1));
                         return Some((idx, false));
                     }
                     Err(now) => a = Anchor(now),
@@ -296,13 +348,10 @@ impl Desc {
                 Err(now) => a = Anchor(now),
             }
         }
-        // ORDERING: Relaxed: owner-only, ordered by the CAS above.
-        let carved = self.carve.load(Ordering::Relaxed) & 0xFFFF;
-        let uncarved = class.capacity().saturating_sub(carved);
+        // Owner-only words from here on, ordered by the CAS above.
+        let uncarved = class.capacity().saturating_sub(self.carve().carved());
         let listed = a.count().saturating_sub(uncarved);
-        // ORDERING: Relaxed: owner-only.
-        self.private
-            .store((listed << 16) | a.head(), Ordering::Relaxed);
+        self.set_private(Private::new(a.head(), listed));
         true
     }
 
@@ -312,11 +361,9 @@ impl Desc {
     /// # Safety
     /// - as for [`owner_pop`](Self::owner_pop); afterwards the caller no longer owns it.
     pub(crate) unsafe fn release(&self, base: *mut u8, class: Class) -> Pushed {
-        // ORDERING: Relaxed: owner-only.
-        let private = self.private.load(Ordering::Relaxed);
-        let (phead, plen) = (private & 0xFFFF, private >> 16);
-        // ORDERING: Relaxed: owner-only.
-        let carved = self.carve.load(Ordering::Relaxed) & 0xFFFF;
+        let private = self.private();
+        let (phead, plen) = (private.head(), private.len());
+        let carved = self.carve().carved();
         let extra = plen + class.capacity().saturating_sub(carved);
         // Find the private list's tail, to splice the list in front of the shared one.
         let mut tail = phead;
@@ -324,8 +371,7 @@ impl Desc {
             // SAFETY: I1, every block on the private list is ours.
             tail = unsafe { read_link(block(base, class, tail)) };
         }
-        // ORDERING: Relaxed: owner-only.
-        self.private.store(0, Ordering::Relaxed);
+        self.set_private(Private::EMPTY);
         // ORDERING: Relaxed; the CAS carries the ordering.
         let mut a = self.anchor(Ordering::Relaxed);
         loop {
@@ -411,41 +457,34 @@ impl Desc {
     /// Resets an `EMPTY` chunk the caller owns before it goes back to the free map.
     /// Remembers how far its memory has been dirtied, for `alloc_zeroed`.
     pub(crate) fn reset(&self, class: Option<Class>) {
-        // ORDERING: Relaxed: owner-only; the free map's Release publishes it.
-        let carve = self.carve.load(Ordering::Relaxed);
+        // Owner-only words; the free map's Release publishes them.
+        let carve = self.carve();
         let used = match class {
-            Some(c) => ((carve & 0xFFFF) as usize) << c.shift(),
+            Some(c) => (carve.carved() as usize) << c.shift(),
             None => CHUNK,
         };
-        let dirty = ((carve >> 16) as usize).max(used).min(CHUNK) as u32;
-        // ORDERING: Relaxed: owner-only, as above.
-        self.carve.store(dirty << 16, Ordering::Relaxed);
-        self.private.store(0, Ordering::Relaxed);
+        let dirty = (carve.dirty() as usize).max(used).min(CHUNK) as u32;
+        self.set_carve(Carve::new(0, dirty));
+        self.set_private(Private::EMPTY);
     }
 
     /// Whether the chunk's memory is still all zero. Only meaningful to its owner.
     pub(crate) fn is_clean(&self) -> bool {
-        // ORDERING: Relaxed: owner-only.
-        self.carve.load(Ordering::Relaxed) >> 16 == 0
+        self.carve().dirty() == 0
     }
 
     /// Bytes from the chunk's start that may have been handed out since it was zero.
     pub(crate) fn dirty_bytes(&self) -> usize {
-        // ORDERING: Relaxed: owner-only; used only to classify a bad free.
-        (self.carve.load(Ordering::Relaxed) >> 16) as usize
+        // Read racily by a bad free, only to classify it.
+        self.carve().dirty() as usize
     }
 
-    /// Records that the chunk's memory reads as zero again (its pages were given back).
-    #[cfg_attr(not(feature = "mmap"), allow(dead_code))]
-    pub(crate) fn mark_clean(&self) {
-        // ORDERING: Relaxed: owner-only (the release pass holds the chunk's used bit).
-        self.carve.store(0, Ordering::Relaxed);
-    }
-
-    /// Marks the whole chunk dirty (it is being handed out as part of a span).
-    pub(crate) fn mark_dirty(&self) {
-        // ORDERING: Relaxed: owner-only.
-        self.carve.store((CHUNK as u32) << 16, Ordering::Relaxed);
+    /// Records whether the whole chunk's memory reads as zero: `true` when its pages
+    /// were given back to the OS, `false` when it is handed out whole (part of a span)
+    /// or holds whatever caller RAM held. Owner-only (the caller holds its used bit).
+    pub(crate) fn set_clean(&self, clean: bool) {
+        let dirty = if clean { 0 } else { CHUNK as u32 };
+        self.set_carve(Carve::new(0, dirty));
     }
 
     /// Checked mode: marks block `idx` handed out. Returns `false` if it already was
@@ -482,16 +521,16 @@ impl Desc {
         in_slot: bool,
     ) -> Result<(), &'static str> {
         let a = self.anchor(Ordering::Relaxed);
-        // ORDERING: Relaxed: quiescent, nothing to order against.
-        let private = self.private.load(Ordering::Relaxed);
-        let carved = self.carve.load(Ordering::Relaxed) & 0xFFFF;
+        // Quiescent: the owner-only words hold still.
+        let private = self.private();
+        let carved = self.carve().carved();
         let cap = class.capacity();
         if carved > cap {
             return Err("carved past capacity");
         }
         let (shared, own) = match a.state() {
             ACTIVE if !in_slot => return Err("an ACTIVE chunk is in no slot"),
-            ACTIVE => (a.count(), private >> 16),
+            ACTIVE => (a.count(), private.len()),
             PARTIAL | FULL if in_slot => return Err("an unowned chunk sits in a slot"),
             PARTIAL => (
                 a.count()
@@ -503,7 +542,7 @@ impl Desc {
             _ => (0, 0),
         };
         let mut seen = [0u64; crate::class::MAX_BLOCKS / 64];
-        for (head, len) in [(a.head(), shared), (private & 0xFFFF, own)] {
+        for (head, len) in [(a.head(), shared), (private.head(), own)] {
             let mut idx = head;
             for k in 0..len {
                 if idx >= carved {
@@ -529,9 +568,9 @@ impl Desc {
         let a = self.anchor(Ordering::Relaxed);
         match a.state() {
             ACTIVE => {
-                // ORDERING: Relaxed: a snapshot for statistics only.
-                let private = self.private.load(Ordering::Relaxed) >> 16;
-                let carved = self.carve.load(Ordering::Relaxed) & 0xFFFF;
+                // A racy snapshot of the owner's words, for statistics only.
+                let private = self.private().len();
+                let carved = self.carve().carved();
                 (a.count() + private + class.capacity().saturating_sub(carved))
                     .min(class.capacity())
             }

@@ -23,8 +23,9 @@ pub(crate) const MIN_BLOCK: usize = 1 << MIN_SHIFT;
 pub(crate) const NCLASSES: usize = 8;
 /// The largest small block.
 pub(crate) const MAX_SMALL: usize = MIN_BLOCK << (NCLASSES - 1);
-/// The largest alignment honoured; spans are chunk-aligned.
-pub(crate) const MAX_ALIGN: usize = CHUNK;
+/// The largest alignment honoured. Up to `CHUNK` every block is aligned by its class or
+/// by being a span; above it, a span (or huge mapping) starts at an aligned chunk.
+pub(crate) const MAX_ALIGN: usize = 1 << 21;
 /// The most blocks a chunk can hold (of the smallest class).
 pub(crate) const MAX_BLOCKS: usize = CHUNK / MIN_BLOCK;
 
@@ -102,6 +103,12 @@ pub(crate) const fn fit(size: usize, align: usize) -> Option<Fit> {
     if align > MAX_ALIGN {
         return None;
     }
+    if align > CHUNK {
+        // Only whole chunks at an aligned address serve it (the caller finds one); the
+        // span is as long as the size needs, not the alignment.
+        let need = if size == 0 { 1 } else { size };
+        return Some(Fit::Span(need.div_ceil(CHUNK)));
+    }
     let need = if size > align { size } else { align };
     if need <= MIN_BLOCK {
         return Some(Fit::Small(Class(0)));
@@ -111,7 +118,7 @@ pub(crate) const fn fit(size: usize, align: usize) -> Option<Fit> {
         let shift = usize::BITS - (need - 1).leading_zeros();
         return Some(Fit::Small(Class((shift - MIN_SHIFT) as u8)));
     }
-    // Spans are chunk-aligned, which covers every align <= MAX_ALIGN.
+    // Spans are chunk-aligned, which covers every align <= CHUNK.
     Some(Fit::Span(need.div_ceil(CHUNK)))
 }
 
@@ -145,8 +152,11 @@ mod tests {
     fn alignment_picks_a_large_enough_class() {
         assert_eq!(fit(8, 64), Some(Fit::Small(Class(2))));
         assert_eq!(fit(8, 4096), Some(Fit::Span(1)));
-        assert_eq!(fit(8, 8192), None);
         assert_eq!(fit(0, 4096), Some(Fit::Span(1)));
+        // Above a chunk, the span is as long as the size needs; the heap aligns it.
+        assert_eq!(fit(8, 8192), Some(Fit::Span(1)));
+        assert_eq!(fit(3 * CHUNK, MAX_ALIGN), Some(Fit::Span(3)));
+        assert_eq!(fit(8, MAX_ALIGN * 2), None);
         for c in Class::all() {
             assert_eq!(fit(c.size(), c.size()), Some(Fit::Small(c)));
             assert!(c.capacity() >= 2);

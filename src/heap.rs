@@ -14,28 +14,80 @@
 //!
 //! # Where memory comes from
 //! `slot -> partial maps -> free maps -> other slots -> (reclaim slots) -> grow -> null`,
-//! each map step walking every region (`region::Space`), the static heap first. When a
+//! each map step walking every region (`region::Regions`), the static heap first. When a
 //! class's free blocks are all back in a chunk that no one owns, the chunk returns to
 //! its region's free map, so memory moves between classes (AO_malloc never does).
-//! Requests above the largest class take a run of whole chunks from one region. `grow`
-//! is the only way new memory appears; this file does not know where it comes from.
+//! Requests above the largest class take a run of whole chunks from one region. The
+//! memory source's `grow` is the only way new memory appears; this file does not know
+//! where it comes from (`source.rs`). Pointers arrive resolved (`block.rs`).
 //!
-//! Depends on: `sync`, `class`, `bitmap`, `chunk`, `region`. Upholds I1-I4, I6.
+//! Depends on: `sync`, `class`, `bitmap`, `chunk`, `region`, `source`, `block`,
+//! `report`. Upholds I1-I4, I6.
 
+use crate::block::{self, Block, Memory, Place};
 use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS, SPAN_TAIL_CLASS};
-use crate::class::{fit, Class, Fit, CHUNK, CHUNK_SHIFT, NCLASSES};
-use crate::region::{ChunkId, Region, Space, LISTS, MAX_REGION_CHUNKS};
+use crate::class::{fit, Class, Fit, CHUNK, NCLASSES};
+use crate::region::{ChunkId, Region, LISTS, MAX_REGION_CHUNKS};
+use crate::report::{ErrorKind, Hook};
+use crate::source::{huge_keeps, Source};
 use crate::sync::{AtomicU32, AtomicUsize, Ordering};
 
 /// Active slots per class (one per partial list, so a slot hint names both).
 pub(crate) const SLOTS: usize = LISTS;
-const SLOT_BITS: u32 = SLOTS.trailing_zeros();
 static_assertions::const_assert!(SLOTS.is_power_of_two());
 
-/// One active slot: 0, or a [`ChunkId`] + 1. Padded so threads on different slots
-/// never share a cache line.
+/// One active slot: 0 for empty, or a [`ChunkId`] + 1. Padded so threads on different
+/// slots never share a cache line.
 #[repr(align(64))]
 struct Slot(AtomicU32);
+
+impl Slot {
+    #[inline(always)]
+    fn word(id: ChunkId) -> u32 {
+        id.bits() + 1
+    }
+
+    /// Empties the slot; the chunk it held, if any, is now the caller's. (Under loom,
+    /// `break_ownership` turns this into a peek, for the negative model.)
+    #[inline(always)]
+    fn take(&self) -> Option<ChunkId> {
+        // ORDERING: Acquire pairs with the Release CAS in `offer`: the previous
+        // holder's owner-only writes happen-before ours.
+        self.0
+            .take(Ordering::Acquire)
+            .checked_sub(1)
+            .map(ChunkId::from_bits)
+    }
+
+    /// Empties the slot for good measure (reclaiming), never a peek.
+    fn clear(&self) -> Option<ChunkId> {
+        // ORDERING: Acquire, as in `take`: we become the owner.
+        self.0
+            .swap(0, Ordering::Acquire)
+            .checked_sub(1)
+            .map(ChunkId::from_bits)
+    }
+
+    /// Puts chunk `id`, which the caller owns, into the slot if it is empty; `false`
+    /// if it was refilled meanwhile (the caller still owns the chunk).
+    #[inline(always)]
+    fn offer(&self, id: ChunkId) -> bool {
+        // ORDERING: Release pairs with the Acquire swap in `take`.
+        self.0
+            .compare_exchange(0, Self::word(id), Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Whether the slot holds chunk `id` (a snapshot, for validation).
+    fn holds(&self, id: ChunkId) -> bool {
+        // ORDERING: Relaxed: a snapshot at quiescence.
+        self.0.load(Ordering::Relaxed) == Self::word(id)
+    }
+}
+
+/// One shard of a counter, alone on its cache line.
+#[repr(align(64))]
+struct Shard(AtomicUsize);
 
 /// Why a free was refused (only ever reported; nothing is changed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,22 +98,42 @@ pub(crate) enum Refused {
     DoubleFree,
 }
 
-/// The allocator state that does not scale with the heap (the side tables live in
-/// the region).
-pub(crate) struct Heap {
-    slots: [[Slot; SLOTS]; NCLASSES],
-    /// Chunks in use (formatted for a class or part of a span).
-    used_chunks: AtomicUsize,
-    /// The most chunks ever in use at once.
-    peak_chunks: AtomicUsize,
+impl Refused {
+    /// What checked mode reports for it.
+    pub(crate) fn kind(self) -> ErrorKind {
+        match self {
+            Refused::Invalid => ErrorKind::InvalidFree,
+            Refused::DoubleFree => ErrorKind::DoubleFree,
+        }
+    }
 }
 
-/// The slot to try first (and the partial list to use): from the stack address, so no
-/// TLS and no initialisation (see `sync::stack_hash`).
+/// The allocator state that does not scale with the heap (the side tables live in
+/// the regions).
+pub(crate) struct Heap {
+    slots: [[Slot; SLOTS]; NCLASSES],
+    /// Chunks in use (formatted for a class or part of a span), counted in one shard
+    /// per slot hint so that threads on different CPUs write different cache lines; a
+    /// chunk claimed under one hint and retired under another leaves one shard above
+    /// and one below the truth (wrapping), and the sum exact.
+    used_chunks: [Shard; SLOTS],
+    /// The most chunks ever in use at once (raised only when the sum passes it).
+    peak_chunks: AtomicUsize,
+    /// The region where a chunk was last claimed (see `regions_from_hint`).
+    region_hint: AtomicUsize,
+    /// Where faults found on the way are reported (checked mode).
+    hook: Hook,
+}
+
+/// The slot to try first (and the partial list to use): the CPU, or a hash of the
+/// stack address, so no TLS and no initialisation (see `sync::thread_hint`).
 #[inline(always)]
 fn slot_hint() -> usize {
-    crate::sync::stack_hash() >> (usize::BITS - SLOT_BITS)
+    crate::sync::thread_hint() % SLOTS
 }
+
+/// A block handed out: its address, and whether its memory is known to be zero.
+pub(crate) type Got = (*mut u8, bool);
 
 impl Heap {
     #[cfg(not(loom))]
@@ -70,10 +142,14 @@ impl Heap {
         const SLOT: Slot = Slot(AtomicU32::new(0));
         #[allow(clippy::declare_interior_mutable_const)]
         const CLASS: [Slot; SLOTS] = [SLOT; SLOTS];
+        #[allow(clippy::declare_interior_mutable_const)]
+        const SHARD: Shard = Shard(AtomicUsize::new(0));
         Heap {
             slots: [CLASS; NCLASSES],
-            used_chunks: AtomicUsize::new(0),
+            used_chunks: [SHARD; SLOTS],
             peak_chunks: AtomicUsize::new(0),
+            region_hint: AtomicUsize::new(0),
+            hook: Hook::new(),
         }
     }
 
@@ -81,215 +157,309 @@ impl Heap {
     pub(crate) fn new() -> Heap {
         Heap {
             slots: core::array::from_fn(|_| core::array::from_fn(|_| Slot(AtomicU32::new(0)))),
-            used_chunks: AtomicUsize::new(0),
+            used_chunks: core::array::from_fn(|_| Shard(AtomicUsize::new(0))),
             peak_chunks: AtomicUsize::new(0),
+            region_hint: AtomicUsize::new(0),
+            hook: Hook::new(),
         }
     }
 
-    /// Allocates `size` bytes at `align`; the flag says the memory is known to be zero.
+    /// Where faults are reported.
+    pub(crate) fn hook(&self) -> &Hook {
+        &self.hook
+    }
+
+    /// Allocates `size` bytes at `align`, from the source's huge mappings or the
+    /// regions' chunks.
     #[inline(always)]
-    pub(crate) fn alloc(&self, sp: &Space, size: usize, align: usize) -> Option<(*mut u8, bool)> {
+    pub(crate) fn alloc(&self, mem: &Memory, size: usize, align: usize) -> Option<Got> {
         match fit(size, align)? {
-            Fit::Small(c) => self.alloc_small(sp, c),
-            Fit::Span(n) => self.alloc_span_slow(sp, n),
+            Fit::Small(class) => self.alloc_small(mem, class),
+            Fit::Span(chunks) => self.alloc_large_slow(mem, size, align, chunks),
         }
     }
 
     #[inline(always)]
-    fn slot(&self, c: Class, s: usize) -> Option<&Slot> {
-        self.slots.get(c.id())?.get(s % SLOTS)
+    fn slot(&self, class: Class, slot: usize) -> Option<&Slot> {
+        self.slots.get(class.id())?.get(slot % SLOTS)
     }
 
     #[inline(always)]
-    fn alloc_small(&self, sp: &Space, c: Class) -> Option<(*mut u8, bool)> {
+    fn alloc_small(&self, mem: &Memory, class: Class) -> Option<Got> {
         let hint = slot_hint();
-        if let Some(got) = self.pop_from_slot(sp, c, hint) {
+        if let Some(got) = self.pop_from_slot(mem, class, hint) {
             return Some(got);
         }
-        self.alloc_small_slow(sp, c, hint)
+        self.alloc_small_slow(mem, class, hint)
     }
 
-    /// Takes slot `s`'s chunk, pops a block and puts the chunk back.
+    /// Takes slot `slot`'s chunk, pops a block and puts the chunk back.
     #[inline(always)]
-    fn pop_from_slot(&self, sp: &Space, c: Class, s: usize) -> Option<(*mut u8, bool)> {
-        let slot = self.slot(c, s)?;
-        // ORDERING: Acquire pairs with the Release CAS in `put_back`: the previous
-        // holder's owner-only writes happen-before ours.
-        let v = slot.0.take(Ordering::Acquire);
-        let id = ChunkId(v.checked_sub(1)?);
+    fn pop_from_slot(&self, mem: &Memory, class: Class, slot: usize) -> Option<Got> {
+        let id = self.slot(class, slot)?.take()?;
         if id.region() == 0 {
             // The inline heap, spelled out so its constants stay in registers.
-            return self.pop_and_keep(sp, sp.home(), c, id.chunk(), s);
+            return self.pop_and_keep(mem, mem.regions.home(), class, id.chunk(), slot);
         }
-        self.pop_elsewhere(sp, c, id, s)
+        self.pop_elsewhere(mem, class, id, slot)
     }
 
     #[cold]
     #[inline(never)]
-    fn pop_elsewhere(
-        &self,
-        sp: &Space,
-        c: Class,
-        id: ChunkId,
-        s: usize,
-    ) -> Option<(*mut u8, bool)> {
+    fn pop_elsewhere(&self, mem: &Memory, class: Class, id: ChunkId, slot: usize) -> Option<Got> {
         // A slot only ever holds chunks of published regions, which stay published.
-        let r = sp.get(id.region())?;
-        self.pop_and_keep(sp, &r, c, id.chunk(), s)
+        let region = mem.regions.get(id.region())?;
+        self.pop_and_keep(mem, &region, class, id.chunk(), slot)
     }
 
-    /// Pops a block from chunk `ci`, which the caller owns, and keeps the chunk in a slot
-    /// (or releases it). `None` if the chunk was exhausted (it is then `FULL`).
+    /// Pops a block from chunk `chunk`, which the caller owns, and keeps the chunk in
+    /// slot `slot` (or releases it). `None` if the chunk was exhausted (it is then
+    /// `FULL`).
     #[inline(always)]
     fn pop_and_keep(
         &self,
-        sp: &Space,
-        r: &Region,
-        c: Class,
-        ci: usize,
-        s: usize,
-    ) -> Option<(*mut u8, bool)> {
-        let d = r.desc(ci)?;
-        let base = r.chunk_base(ci);
-        // SAFETY: I1, we own chunk `ci`: it came out of a slot, a claim or the free map.
-        let (idx, zero) = unsafe { d.owner_pop(base, c) }?;
+        mem: &Memory,
+        region: &Region,
+        class: Class,
+        chunk: usize,
+        slot: usize,
+    ) -> Option<Got> {
+        let d = region.desc(chunk)?;
+        let base = region.chunk_base(chunk);
+        // SAFETY: I1, we own `chunk`: it came out of a slot, a claim or the free map.
+        let (idx, zero) = unsafe { d.owner_pop(base, class) }?;
+        let block = base.wrapping_add((idx as usize) << class.shift());
         #[cfg(feature = "checked")]
         if !d.mark_live(idx) {
-            // A block handed out twice would break I1: drop it (a leak, reported) and
-            // keep the heap consistent.
-            self.put_back(sp, r, c, ci, s);
+            // A block handed out twice would break I1: keep it back (a leak, reported)
+            // and keep the heap consistent.
+            self.hook.report(ErrorKind::Corrupted, block);
+            self.put_back(mem, region, class, chunk, slot);
             return None;
         }
-        self.put_back(sp, r, c, ci, s);
-        Some((base.wrapping_add((idx as usize) << c.shift()), zero))
+        self.put_back(mem, region, class, chunk, slot);
+        Some((block, zero))
     }
 
     #[cold]
     #[inline(never)]
-    fn alloc_small_slow(&self, sp: &Space, c: Class, hint: usize) -> Option<(*mut u8, bool)> {
+    fn alloc_small_slow(&self, mem: &Memory, class: Class, hint: usize) -> Option<Got> {
         // Our own partial list first (the chunks we freed into), then the others'.
-        for r in sp.all() {
+        for region in self.regions_from_hint(mem) {
             for k in 0..LISTS {
-                while let Some(ci) = r.partial(c, hint + k).take_any() {
-                    let Some(d) = r.desc(ci) else { continue };
-                    if d.claim(c) {
-                        if let Some(got) = self.pop_and_keep(sp, &r, c, ci, hint) {
+                while let Some(chunk) = region.partial(class, hint + k).take_any() {
+                    let Some(d) = region.desc(chunk) else {
+                        continue;
+                    };
+                    if d.claim(class) {
+                        if let Some(got) = self.pop_and_keep(mem, &region, class, chunk, hint) {
                             return Some(got);
                         }
                     }
                 }
             }
         }
-        for r in sp.all() {
-            if let Some(ci) = self.claim_free_near(&r, hint) {
-                r.desc(ci)?.format(c);
-                return self.pop_and_keep(sp, &r, c, ci, hint);
+        for region in self.regions_from_hint(mem) {
+            if let Some(chunk) = self.claim_free_near(&region, hint) {
+                region.desc(chunk)?.format(class);
+                return self.pop_and_keep(mem, &region, class, chunk, hint);
             }
         }
         // Memory is short: use the chunks other threads keep in their slots. (Doing this
         // earlier would make threads steal each other's chunks back and forth.)
         for k in 1..SLOTS {
-            if let Some(got) = self.pop_from_slot(sp, c, hint + k) {
+            if let Some(got) = self.pop_from_slot(mem, class, hint + k) {
                 return Some(got);
             }
         }
-        let (r, ci) = self.claim_chunks_slow(sp, 1)?;
-        r.desc(ci)?.format(c);
-        self.pop_and_keep(sp, &r, c, ci, hint)
+        let (region, chunk) = self.claim_chunks_slow(mem, 1, CHUNK)?;
+        region.desc(chunk)?.format(class);
+        self.pop_and_keep(mem, &region, class, chunk, hint)
     }
 
-    /// Puts chunk `ci` (which the caller owns) back into slot `s` of class `c`; releases
-    /// it if the slot was refilled meanwhile (by a handler that interrupted us, or another
-    /// thread). Other slots are left to their own threads.
+    /// Puts `chunk` (which the caller owns) back into slot `slot` of `class`; releases
+    /// it if the slot was refilled meanwhile (by a handler that interrupted us, or
+    /// another thread). Other slots are left to their own threads.
     #[inline(always)]
-    fn put_back(&self, sp: &Space, r: &Region, c: Class, ci: usize, s: usize) {
-        if let Some(slot) = self.slot(c, s) {
-            let v = r.chunk_id(ci).0 + 1;
-            // ORDERING: Release pairs with the Acquire swap in `pop_from_slot`.
-            if slot
-                .0
-                .compare_exchange(0, v, Ordering::Release, Ordering::Relaxed)
-                .is_ok()
-            {
+    fn put_back(&self, mem: &Memory, region: &Region, class: Class, chunk: usize, slot: usize) {
+        if let Some(cell) = self.slot(class, slot) {
+            if cell.offer(region.chunk_id(chunk)) {
                 return;
             }
         }
-        self.release_slow(sp, r, c, ci);
+        self.release_slow(mem, region, class, chunk);
     }
 
-    /// Gives up chunk `ci`, which the caller owns.
+    /// Gives up `chunk`, which the caller owns.
     #[cold]
     #[inline(never)]
-    fn release_slow(&self, sp: &Space, r: &Region, c: Class, ci: usize) {
-        let Some(d) = r.desc(ci) else { return };
-        // SAFETY: I1, the caller owns chunk `ci`, which serves `c`.
-        match unsafe { d.release(r.chunk_base(ci), c) } {
-            Pushed::Listed => r.partial(c, slot_hint()).set(ci),
-            Pushed::Emptied => self.retire(sp, r, ci, Some(c)),
+    fn release_slow(&self, mem: &Memory, region: &Region, class: Class, chunk: usize) {
+        let Some(d) = region.desc(chunk) else { return };
+        // SAFETY: I1, the caller owns `chunk`, which serves `class`.
+        match unsafe { d.release(region.chunk_base(chunk), class) } {
+            Pushed::Listed => region.partial(class, slot_hint()).set(chunk),
+            Pushed::Emptied => self.retire(mem, region, chunk, Some(class)),
             Pushed::Done | Pushed::Rejected => {}
         }
     }
 
-    /// Returns chunk `ci`, `EMPTY` and owned by the caller, to the free map.
-    fn retire(&self, sp: &Space, r: &Region, ci: usize, c: Option<Class>) {
-        if let Some(d) = r.desc(ci) {
-            d.reset(c);
+    /// Returns `chunk`, `EMPTY` and owned by the caller, to the free map.
+    fn retire(&self, mem: &Memory, region: &Region, chunk: usize, class: Option<Class>) {
+        if let Some(d) = region.desc(chunk) {
+            d.reset(class);
         }
-        if let Some(c) = c {
+        if let Some(class) = class {
             // A listing left by a releaser that was overtaken; claimers would drop it
             // anyway, so this only saves them the work.
             for list in 0..LISTS {
-                r.partial(c, list).clear(ci);
+                region.partial(class, list).clear(chunk);
             }
         }
-        // ORDERING: Relaxed: a statistic.
-        self.used_chunks.fetch_sub(1, Ordering::Relaxed);
-        r.used().clear(ci);
-        sp.retired(r);
+        self.count_released(1);
+        region.used().clear(chunk);
+        lower_cursor(region, zone_of(region, chunk), chunk);
+        mem.source.retired(&mem.regions, region);
     }
 
     /// Claims one free chunk for the thread with slot hint `hint`. Each hint starts its
     /// search in its own zone of the heap, so one thread's chunks (and their descriptors,
-    /// four to a cache line) sit together instead of interleaving with another's.
-    fn claim_free_near(&self, r: &Region, hint: usize) -> Option<usize> {
-        let span = r.end() - r.first();
-        let zone = r.first() + span * (hint % SLOTS) / SLOTS;
-        let used = r.used();
-        let ci = used
-            .claim_one(zone, r.end())
-            .or_else(|| used.claim_one(r.first(), zone))?;
+    /// four to a cache line) sit together instead of interleaving with another's. It
+    /// starts at the zone's cursor, which stays at or below the lowest chunk retired in
+    /// the zone since the last search passed it (see `retire`), so a heap that is full
+    /// below that point is not read again; then it goes round to the start, so every
+    /// chunk is still looked at before the search fails. The cursors are hints, read
+    /// and written Relaxed: a lost update only costs a longer search.
+    fn claim_free_near(&self, region: &Region, hint: usize) -> Option<usize> {
+        let (first, end) = (region.first(), region.end());
+        let cursor = region.cursor(hint % SLOTS)?;
+        // ORDERING: Relaxed (both): a hint; the used map's CAS decides.
+        let start = match cursor.load(Ordering::Relaxed) {
+            0 => zone_start(region, hint % SLOTS),
+            at => (at - 1).clamp(first, end - 1),
+        };
+        let used = region.used();
+        let chunk = used
+            .claim_one(start, end)
+            .or_else(|| used.claim_one(first, start))?;
+        cursor.store(chunk + 1, Ordering::Relaxed);
         self.count_claimed(1);
-        Some(ci)
+        self.note_region(region);
+        Some(chunk)
     }
 
-    fn count_claimed(&self, n: usize) {
-        // ORDERING: Relaxed: statistics.
-        let now = self.used_chunks.fetch_add(n, Ordering::Relaxed) + n;
-        self.peak_chunks.fetch_max(now, Ordering::Relaxed);
+    /// Every region, starting with the one where a chunk was last claimed: when the
+    /// heap has grown, the older regions are usually full, and searching them first
+    /// for every new chunk would read all their maps again.
+    fn regions_from_hint<'m>(&self, mem: &Memory<'m>) -> impl Iterator<Item = Region> + 'm {
+        let regions = mem.regions;
+        let ids = regions.ids();
+        // ORDERING: Relaxed: a hint.
+        let start = self.region_hint.load(Ordering::Relaxed) % ids;
+        (0..ids).filter_map(move |k| regions.get((start + k) % ids))
     }
 
-    /// Claims `n` consecutive free chunks.
-    fn claim_free(&self, r: &Region, n: usize) -> Option<usize> {
-        let ci = r.used().claim_run(r.first(), r.end(), n)?;
-        self.count_claimed(n);
-        Some(ci)
+    /// Remembers `region` as where free chunks were last found.
+    fn note_region(&self, region: &Region) {
+        // ORDERING: Relaxed (both): a hint; written only when it changes, so threads
+        // claiming in one region keep the line shared.
+        if self.region_hint.load(Ordering::Relaxed) != region.id() {
+            self.region_hint.store(region.id(), Ordering::Relaxed);
+        }
     }
 
-    /// Claims `n` consecutive free chunks in any region, reclaiming idle slot chunks if
-    /// none are free, and growing the heap as the last resort.
+    /// This thread's shard of `used_chunks`.
+    #[inline(always)]
+    fn shard(&self) -> Option<&AtomicUsize> {
+        self.used_chunks.get(slot_hint()).map(|shard| &shard.0)
+    }
+
+    /// Chunks in use, summed over the shards (a snapshot).
+    fn used_chunks(&self) -> usize {
+        self.used_chunks
+            .iter()
+            // ORDERING: Relaxed: statistics.
+            .fold(0usize, |sum, shard| {
+                sum.wrapping_add(shard.0.load(Ordering::Relaxed))
+            })
+    }
+
+    fn count_claimed(&self, chunks: usize) {
+        if let Some(shard) = self.shard() {
+            // ORDERING: Relaxed: statistics.
+            shard.fetch_add(chunks, Ordering::Relaxed);
+        }
+        let now = self.used_chunks();
+        // ORDERING: Relaxed: statistics. Written only when passed, so a steady heap
+        // leaves the line shared.
+        if now > self.peak_chunks.load(Ordering::Relaxed) {
+            self.peak_chunks.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    fn count_released(&self, chunks: usize) {
+        if let Some(shard) = self.shard() {
+            // ORDERING: Relaxed: statistics (shards wrap; see `used_chunks`).
+            shard.fetch_sub(chunks, Ordering::Relaxed);
+        }
+    }
+
+    /// Claims `chunks` consecutive free chunks of `region`, the first at an address
+    /// aligned to `align`.
+    fn claim_free(&self, region: &Region, chunks: usize, align: usize) -> Option<usize> {
+        let used = region.used();
+        let first = if align <= CHUNK {
+            // From the run cursor to the end, then from the start to just past it.
+            let (lo, end) = (region.first(), region.end());
+            let cursor = region.cursor(SLOTS)?;
+            // ORDERING: Relaxed (both): a hint; the used map's CAS decides. (Frees of
+            // spans move it down, as `retire` does the single-chunk cursors.)
+            let start = cursor
+                .load(Ordering::Relaxed)
+                .saturating_sub(1)
+                .clamp(lo, end);
+            let first = used
+                .claim_run(start, end, chunks)
+                .or_else(|| used.claim_run(lo, start.saturating_add(chunks).min(end), chunks))?;
+            cursor.store(first + chunks + 1, Ordering::Relaxed);
+            first
+        } else {
+            // Chunk `i` is aligned when `i` is `phase` modulo `step`.
+            let step = align / CHUNK;
+            let base = region.chunk_base(0).addr();
+            let phase = (align - base % align) % align / CHUNK;
+            used.claim_run_aligned(region.first(), region.end(), chunks, step, phase)?
+        };
+        self.count_claimed(chunks);
+        self.note_region(region);
+        Some(first)
+    }
+
+    /// Claims `chunks` consecutive free chunks in any region, the first aligned to
+    /// `align`, reclaiming idle slot chunks if none are free, and growing the heap as
+    /// the last resort.
     #[cold]
     #[inline(never)]
-    fn claim_chunks_slow(&self, sp: &Space, n: usize) -> Option<(Region, usize)> {
+    fn claim_chunks_slow(
+        &self,
+        mem: &Memory,
+        chunks: usize,
+        align: usize,
+    ) -> Option<(Region, usize)> {
         let any = |heap: &Self| {
-            sp.all()
-                .find_map(|r| heap.claim_free(&r, n).map(|ci| (r, ci)))
+            heap.regions_from_hint(mem).find_map(|region| {
+                heap.claim_free(&region, chunks, align)
+                    .map(|at| (region, at))
+            })
         };
         if let Some(got) = any(self) {
             return Some(got);
         }
         // Reclaiming only helps a run that some region could hold.
-        let fits = sp.all().any(|r| r.end() - r.first() >= n);
-        if fits && self.reclaim_slots(sp) {
+        let fits = mem
+            .regions
+            .all()
+            .any(|region| region.end() - region.first() >= chunks);
+        if fits && self.reclaim_slots(mem) {
             if let Some(got) = any(self) {
                 return Some(got);
             }
@@ -297,11 +467,13 @@ impl Heap {
         // Others may take a new region's chunks before we do (we may be preempted, or
         // interrupted by a handler that allocates, right after mapping it): then look
         // everywhere again and grow again. Each round someone else made progress, and
-        // growth ends when the OS refuses or the registry is full.
+        // growth ends when the source refuses.
+        // A new region with room for an aligned run holds `align / CHUNK - 1` more.
+        let room = chunks.checked_add((align / CHUNK).saturating_sub(1))?;
         loop {
-            let r = sp.grow(n)?;
-            if let Some(ci) = self.claim_free(&r, n) {
-                return Some((r, ci));
+            let region = mem.source.grow(&mem.regions, room)?;
+            if let Some(at) = self.claim_free(&region, chunks, align) {
+                return Some((region, at));
             }
             if let Some(got) = any(self) {
                 return Some(got);
@@ -311,39 +483,44 @@ impl Heap {
 
     /// Empties every slot, releasing its chunk, so chunks whose blocks are all free go
     /// back to the free map. Returns whether any chunk was retired.
-    fn reclaim_slots(&self, sp: &Space) -> bool {
-        // ORDERING: Relaxed: only compared before and after.
-        let before = self.used_chunks.load(Ordering::Relaxed);
-        for c in Class::all() {
-            for s in 0..SLOTS {
-                let Some(slot) = self.slot(c, s) else {
+    fn reclaim_slots(&self, mem: &Memory) -> bool {
+        let before = self.used_chunks();
+        for class in Class::all() {
+            for slot in 0..SLOTS {
+                let Some(id) = self.slot(class, slot).and_then(Slot::clear) else {
                     continue;
                 };
-                // ORDERING: Acquire, as in `pop_from_slot`: we become the owner.
-                let v = slot.0.swap(0, Ordering::Acquire);
-                if let Some(id) = v.checked_sub(1).map(ChunkId) {
-                    if let Some(r) = sp.get(id.region()) {
-                        self.release_slow(sp, &r, c, id.chunk());
-                    }
+                if let Some(region) = mem.regions.get(id.region()) {
+                    self.release_slow(mem, &region, class, id.chunk());
                 }
             }
         }
-        // ORDERING: Relaxed, as above.
-        self.used_chunks.load(Ordering::Relaxed) < before
+        self.used_chunks() < before
     }
 
+    /// A request above the largest class: a huge mapping if the source makes one, else
+    /// a span of `chunks` whole chunks.
     #[cold]
     #[inline(never)]
-    fn alloc_span_slow(&self, sp: &Space, n: usize) -> Option<(*mut u8, bool)> {
-        if n >= MAX_REGION_CHUNKS {
+    fn alloc_large_slow(
+        &self,
+        mem: &Memory,
+        size: usize,
+        align: usize,
+        chunks: usize,
+    ) -> Option<Got> {
+        if let Some(block) = mem.source.alloc_huge(size, align) {
+            return Some((block, true)); // a fresh mapping: already zero
+        }
+        if chunks >= MAX_REGION_CHUNKS {
             return None;
         }
-        let (r, ci) = self.claim_chunks_slow(sp, n)?;
+        let (region, first) = self.claim_chunks_slow(mem, chunks, align)?;
         let mut zero = true;
-        for i in ci..ci + n {
-            if let Some(d) = r.desc(i) {
+        for chunk in first..first + chunks {
+            if let Some(d) = region.desc(chunk) {
                 zero &= d.is_clean();
-                d.mark_dirty();
+                d.set_clean(false);
                 // ORDERING: Relaxed: we own the run; this only labels it for frees.
                 d.anchor.store(
                     Anchor::new(EMPTY, SPAN_TAIL_CLASS, 0, 0).0,
@@ -351,59 +528,75 @@ impl Heap {
                 );
             }
         }
-        let d = r.desc(ci)?;
+        let d = region.desc(first)?;
         // ORDERING: Relaxed: we own the run exclusively; whoever frees the span learns
         // of it through the user's own synchronisation with us.
-        d.span.store(n as u32, Ordering::Relaxed);
-        d.anchor
-            .store(Anchor::new(ACTIVE, SPAN_CLASS, 0, 0).0, Ordering::Relaxed);
-        Some((r.chunk_base(ci), zero))
+        d.span.store(chunks as u32, Ordering::Relaxed);
+        d.anchor.store(LIVE_SPAN.0, Ordering::Relaxed);
+        Some((region.chunk_base(first), zero))
     }
 
-    /// Frees the block at `ptr`.
+    /// Frees `block`, resolved from the pointer the caller frees.
     #[inline(always)]
-    pub(crate) fn free(&self, sp: &Space, ptr: *mut u8) -> Result<(), Refused> {
-        match sp.home().locate(ptr) {
-            // The inline heap, spelled out so its constants stay in registers.
-            Some((ci, off)) => self.free_at(sp, sp.home(), ci, off),
-            None => self.free_elsewhere(sp, ptr),
+    pub(crate) fn free(&self, mem: &Memory, block: Block) -> Result<(), Refused> {
+        match block {
+            Block::Small { at, class } => {
+                self.free_small(mem, &at.region, at.chunk, at.offset, class)
+            }
+            Block::Span { at, chunks } => self.free_span_slow(at, chunks),
+            Block::Huge { ptr, .. } => free_huge_slow(mem, ptr),
+            Block::Dead { at, anchor } => Err(dead_free_slow(at, anchor)),
+            Block::Foreign => Err(Refused::Invalid),
         }
+    }
+
+    /// Frees the block at `ptr`, resolving it once: a small block of the inline heap
+    /// is told apart right here, in registers (the `Block` value, a multi-word enum,
+    /// would go through the stack and stall store forwarding on every free); anything
+    /// else is resolved into a `Block` (`block.rs`) and freed as such.
+    #[inline(always)]
+    pub(crate) fn free_ptr(&self, mem: &Memory, ptr: *mut u8) -> Result<(), Refused> {
+        let home = mem.regions.home();
+        if let Some((chunk, offset)) = home.locate(ptr) {
+            if let Some(class) = block::small_at(home, chunk, offset) {
+                return self.free_small(mem, home, chunk, offset, class);
+            }
+        }
+        self.free_resolved_slow(mem, ptr)
     }
 
     #[cold]
     #[inline(never)]
-    fn free_elsewhere(&self, sp: &Space, ptr: *mut u8) -> Result<(), Refused> {
-        let (r, ci, off) = sp.find_other(ptr).ok_or(Refused::Invalid)?;
-        self.free_at(sp, &r, ci, off)
+    fn free_resolved_slow(&self, mem: &Memory, ptr: *mut u8) -> Result<(), Refused> {
+        self.free(mem, mem.resolve(ptr))
     }
 
-    /// Frees the block at offset `off` of chunk `ci` of `r`.
+    /// Frees the small block at `offset` of `chunk` of `region`, of `class`.
     #[inline(always)]
-    fn free_at(&self, sp: &Space, r: &Region, ci: usize, off: usize) -> Result<(), Refused> {
-        let d = r.desc(ci).ok_or(Refused::Invalid)?;
-        // ORDERING: Relaxed: the block is live, so its chunk's class cannot change; the
-        // user's synchronisation with the allocating thread ordered the class write.
-        let a = d.anchor(Ordering::Relaxed);
-        let Some(c) = a.small_class() else {
-            return self.free_span_slow(r, ci, off, a);
-        };
-        if off & (c.size() - 1) != 0 {
-            return Err(Refused::Invalid);
-        }
-        let idx = (off >> c.shift()) as u32;
+    fn free_small(
+        &self,
+        mem: &Memory,
+        region: &Region,
+        chunk: usize,
+        offset: usize,
+        class: Class,
+    ) -> Result<(), Refused> {
+        let d = region.desc(chunk).ok_or(Refused::Invalid)?;
+        let idx = (offset >> class.shift()) as u32;
         #[cfg(feature = "checked")]
         if !d.mark_freed(idx) {
             return Err(Refused::DoubleFree);
         }
-        // SAFETY: the caller frees a block it owns; `c` is its chunk's class (above).
-        match unsafe { d.push(r.chunk_base(ci), c, idx) } {
+        // SAFETY: the caller frees a block it owns; `class` is its chunk's class
+        // (resolved from the anchor, which cannot change while the block is live).
+        match unsafe { d.push(region.chunk_base(chunk), class, idx) } {
             Pushed::Done => Ok(()),
             Pushed::Listed => {
-                r.partial(c, slot_hint()).set(ci);
+                region.partial(class, slot_hint()).set(chunk);
                 Ok(())
             }
             Pushed::Emptied => {
-                self.retire(sp, r, ci, Some(c));
+                self.retire(mem, region, chunk, Some(class));
                 Ok(())
             }
             Pushed::Rejected => Err(Refused::DoubleFree),
@@ -412,170 +605,100 @@ impl Heap {
 
     #[cold]
     #[inline(never)]
-    fn free_span_slow(&self, r: &Region, ci: usize, off: usize, a: Anchor) -> Result<(), Refused> {
-        if a.state() != ACTIVE || a.class() != SPAN_CLASS || off != 0 {
-            // A second free of a span head, or of a block whose chunk was retired
-            // (its class is kept, and the block lies below the dirtied part).
-            let again = a.state() == EMPTY
-                && match Class::from_id(a.class()) {
-                    Some(c) => {
-                        off & (c.size() - 1) == 0
-                            && r.desc(ci).is_some_and(|d| off < d.dirty_bytes())
-                    }
-                    None => a.class() == SPAN_CLASS && off == 0,
-                };
-            return Err(if again {
-                Refused::DoubleFree
-            } else {
-                Refused::Invalid
-            });
-        }
-        let d = r.desc(ci).ok_or(Refused::Invalid)?;
-        // ORDERING: Relaxed: the span is live and ours to free (see `alloc_span_slow`).
-        let n = d.span.load(Ordering::Relaxed) as usize;
-        let freed = Anchor::new(EMPTY, SPAN_CLASS, 0, 0);
+    fn free_span_slow(&self, at: Place, chunks: usize) -> Result<(), Refused> {
+        let d = at.desc().ok_or(Refused::Invalid)?;
         // ORDERING: Relaxed: this CAS only makes a second free of the span fail; the
         // used map's Release publishes the chunks to their next owner.
         if d.anchor
-            .compare_exchange(a.0, freed.0, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(
+                LIVE_SPAN.0,
+                FREED_SPAN.0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
             return Err(Refused::DoubleFree);
         }
-        // ORDERING: Relaxed: a statistic.
-        self.used_chunks.fetch_sub(n, Ordering::Relaxed);
-        r.used().release_run(ci, n);
+        self.count_released(chunks);
+        at.region.used().release_run(at.chunk, chunks);
+        lower_cursor(&at.region, SLOTS, at.chunk);
         Ok(())
     }
 
-    /// The usable size of the live block at `ptr`, or 0 if `ptr` is not one.
-    pub(crate) fn usable_size(&self, sp: &Space, ptr: *const u8) -> usize {
-        let Some((r, ci, off)) = sp.find(ptr) else {
-            return 0;
-        };
-        let Some(d) = r.desc(ci) else { return 0 };
-        let a = d.anchor(Ordering::Relaxed);
-        match a.small_class() {
-            Some(c) if off & (c.size() - 1) == 0 => c.size(),
-            Some(_) => 0,
-            None if a.state() == ACTIVE && a.class() == SPAN_CLASS && off == 0 => {
-                // ORDERING: Relaxed: the span is live (caller's contract).
-                (d.span.load(Ordering::Relaxed) as usize) << CHUNK_SHIFT
-            }
-            None => 0,
-        }
-    }
-
     /// Checked mode: whether a request of `size` at `align` would have been served by
-    /// the live block at `ptr` (same class, or a span of the same length).
-    #[cfg(feature = "checked")]
-    pub(crate) fn matches(&self, sp: &Space, ptr: *const u8, size: usize, align: usize) -> bool {
-        let have = self.usable_size(sp, ptr);
-        match fit(size, align) {
-            Some(Fit::Small(c)) => have == c.size(),
-            Some(Fit::Span(n)) => {
-                n.checked_mul(CHUNK) == Some(have) && have > crate::class::MAX_SMALL
+    /// `block` (same class, a span of the same length, or a huge block kept in place).
+    pub(crate) fn matches(block: &Block, size: usize, align: usize) -> bool {
+        let have = block.usable_size();
+        match (block, fit(size, align)) {
+            (Block::Huge { usable, .. }, _) => huge_keeps(*usable, size),
+            (_, Some(Fit::Small(class))) => have == class.size(),
+            (_, Some(Fit::Span(chunks))) => {
+                chunks.checked_mul(CHUNK) == Some(have) && have > crate::class::MAX_SMALL
             }
-            None => false,
+            (_, None) => false,
         }
     }
 
-    /// Resizes in place if the block's class (or span length) allows; `false` if the
-    /// caller must move it.
-    pub(crate) fn resize_in_place(
-        &self,
-        sp: &Space,
-        ptr: *mut u8,
-        size: usize,
-        align: usize,
-    ) -> bool {
+    /// Resizes `block` in place to `size` bytes at `align` if its class, span length or
+    /// huge mapping allows; `false` if the caller must move it.
+    pub(crate) fn resize_in_place(&self, block: &Block, size: usize, align: usize) -> bool {
         let Some(want) = fit(size, align) else {
             return false;
         };
-        let Some((r, ci, off)) = sp.find(ptr) else {
-            return false;
-        };
-        let Some(d) = r.desc(ci) else { return false };
-        let a = d.anchor(Ordering::Relaxed);
-        match (a.small_class(), want) {
-            (Some(c), Fit::Small(w)) => c == w,
-            (None, Fit::Span(n)) if a.class() == SPAN_CLASS && a.state() == ACTIVE && off == 0 => {
-                // ORDERING: Relaxed: the span is ours (the caller is resizing it).
-                let have = d.span.load(Ordering::Relaxed) as usize;
-                if n <= have {
-                    // Shrink: the tail goes back to the free map.
-                    d.span.store(n as u32, Ordering::Relaxed);
-                    self.used_chunks.fetch_sub(have - n, Ordering::Relaxed);
-                    r.used().release_run(ci + n, have - n);
-                    true
-                } else if ci + n <= r.end() && r.used().claim_range(ci + have, n - have) {
-                    // Grow into the free chunks that follow.
-                    for i in ci + have..ci + n {
-                        if let Some(t) = r.desc(i) {
-                            t.mark_dirty();
-                            // ORDERING: Relaxed: we own these chunks now.
-                            t.anchor.store(
-                                Anchor::new(EMPTY, SPAN_TAIL_CLASS, 0, 0).0,
-                                Ordering::Relaxed,
-                            );
-                        }
-                    }
-                    let now = self.used_chunks.fetch_add(n - have, Ordering::Relaxed) + n - have;
-                    self.peak_chunks.fetch_max(now, Ordering::Relaxed);
-                    d.span.store(n as u32, Ordering::Relaxed);
-                    true
-                } else {
-                    false
-                }
+        match (*block, want) {
+            (Block::Small { class, .. }, Fit::Small(wanted)) => class == wanted,
+            (Block::Span { at, chunks }, Fit::Span(wanted)) => {
+                at.chunk_base().addr() % align == 0 && self.resize_span_slow(at, chunks, wanted)
             }
+            (Block::Huge { ptr, usable }, _) => huge_keeps(usable, size) && ptr.addr() % align == 0,
             _ => false,
         }
     }
 
-    /// Checks every chunk of every region at quiescence (see `SigAlloc::validate`).
-    pub(crate) fn validate(&self, sp: &Space) -> Result<(), &'static str> {
-        for r in sp.all() {
-            self.validate_region(&r)?;
+    /// Shrinks or grows the live span at `at` from `have` to `want` chunks in place.
+    #[cold]
+    #[inline(never)]
+    fn resize_span_slow(&self, at: Place, have: usize, want: usize) -> bool {
+        let Some(d) = at.desc() else { return false };
+        let (region, first) = (at.region, at.chunk);
+        if want <= have {
+            // Shrink: the tail goes back to the free map.
+            // ORDERING: Relaxed (all below): the span is ours (the caller is resizing
+            // it), and the used map's RMWs order the chunks themselves.
+            d.span.store(want as u32, Ordering::Relaxed);
+            self.count_released(have - want);
+            region.used().release_run(first + want, have - want);
+            true
+        } else if first + want <= region.end()
+            && region.used().claim_range(first + have, want - have)
+        {
+            // Grow into the free chunks that follow.
+            for chunk in first + have..first + want {
+                if let Some(tail) = region.desc(chunk) {
+                    tail.set_clean(false);
+                    // ORDERING: Relaxed: we own these chunks now.
+                    tail.anchor.store(
+                        Anchor::new(EMPTY, SPAN_TAIL_CLASS, 0, 0).0,
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            self.count_claimed(want - have);
+            d.span.store(want as u32, Ordering::Relaxed);
+            true
+        } else {
+            false
         }
-        Ok(())
     }
 
-    fn validate_region(&self, r: &Region) -> Result<(), &'static str> {
-        let used = r.used();
-        for ci in r.first()..r.end() {
-            let d = r.desc(ci).ok_or("no descriptor")?;
-            let a = d.anchor(Ordering::Relaxed);
-            let mut slots = 0;
-            for s in self.slots.iter().flatten() {
-                // ORDERING: Relaxed: quiescent.
-                slots += usize::from(s.0.load(Ordering::Relaxed) == r.chunk_id(ci).0 + 1);
-            }
-            if slots > 1 {
-                return Err("a chunk sits in two slots");
-            }
-            match a.small_class() {
-                Some(c) => {
-                    if !used.get(ci) {
-                        return Err("a chunk serving a class is marked free");
-                    }
-                    let listed = (0..LISTS).any(|list| r.partial(c, list).get(ci));
-                    if a.state() == crate::chunk::PARTIAL && !listed {
-                        return Err("a PARTIAL chunk is not listed");
-                    }
-                    d.validate(r.chunk_base(ci), c, slots == 1)?;
-                }
-                None if slots > 0 => return Err("a free or span chunk sits in a slot"),
-                None => {
-                    // A span tail is used or free with its span; anything else is used
-                    // exactly when it heads a live span.
-                    let live_span = a.state() == ACTIVE && a.class() == SPAN_CLASS;
-                    if a.class() != SPAN_TAIL_CLASS && live_span != used.get(ci) {
-                        return Err("a free chunk is marked used, or a span chunk free");
-                    }
-                }
-            }
-        }
-        Ok(())
+    /// How many slots hold chunk `id` (a snapshot, for validation).
+    pub(crate) fn slots_holding(&self, id: ChunkId) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|slot| slot.holds(id))
+            .count()
     }
 
     /// The most chunks ever in use at once.
@@ -583,14 +706,69 @@ impl Heap {
         // ORDERING: Relaxed: a statistic.
         self.peak_chunks.load(Ordering::Relaxed)
     }
+}
 
-    /// A block's size class, for statistics.
-    pub(crate) fn chunk_class(r: &Region, ci: usize) -> Option<Class> {
-        r.desc(ci)?.anchor(Ordering::Relaxed).small_class()
-    }
+/// The anchor of a live span's head chunk, and of one freed.
+const LIVE_SPAN: Anchor = Anchor::new(ACTIVE, SPAN_CLASS, 0, 0);
+const FREED_SPAN: Anchor = Anchor::new(EMPTY, SPAN_CLASS, 0, 0);
 
-    /// Total bytes in a region's allocatable chunks.
-    pub(crate) fn heap_bytes(r: &Region) -> usize {
-        (r.end() - r.first()) * CHUNK
+/// Why a free of a pointer at which no block starts is refused: a second free of a
+/// span head, or of a block whose chunk was retired (its class is kept, and the block
+/// lies below the dirtied part), is a double free; anything else is invalid.
+#[cold]
+#[inline(never)]
+fn dead_free_slow(at: Place, anchor: Anchor) -> Refused {
+    if anchor.state() != EMPTY {
+        return Refused::Invalid; // a live chunk, but not at a block's start
     }
+    let again = match Class::from_id(anchor.class()) {
+        Some(class) => {
+            at.offset & (class.size() - 1) == 0
+                && at.desc().is_some_and(|d| at.offset < d.dirty_bytes())
+        }
+        None => anchor.class() == SPAN_CLASS && at.offset == 0,
+    };
+    if again {
+        Refused::DoubleFree
+    } else {
+        Refused::Invalid
+    }
+}
+
+/// The first chunk of `region`'s zone `zone` (`< SLOTS`).
+fn zone_start(region: &Region, zone: usize) -> usize {
+    region.first() + (region.end() - region.first()) * zone / SLOTS
+}
+
+/// The zone holding `chunk`.
+fn zone_of(region: &Region, chunk: usize) -> usize {
+    let span = region.end() - region.first();
+    ((chunk - region.first()) * SLOTS / span.max(1)).min(SLOTS - 1)
+}
+
+/// Moves cursor `which` of `region` down to `chunk` (just freed), if it is above it.
+fn lower_cursor(region: &Region, which: usize, chunk: usize) {
+    if let Some(cursor) = region.cursor(which) {
+        // ORDERING: Relaxed (both): a hint (see `claim_free_near`).
+        if cursor.load(Ordering::Relaxed) > chunk + 1 {
+            cursor.store(chunk + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Gives the huge block at `ptr` back to the source.
+#[cold]
+#[inline(never)]
+fn free_huge_slow(mem: &Memory, ptr: *mut u8) -> Result<(), Refused> {
+    if mem.source.free_huge(ptr) {
+        Ok(())
+    } else {
+        // Another free of the same block won the race (the entry is a tombstone now).
+        Err(Refused::Invalid)
+    }
+}
+
+/// Total bytes in a region's allocatable chunks.
+pub(crate) fn heap_bytes(region: &Region) -> usize {
+    (region.end() - region.first()) * CHUNK
 }

@@ -8,6 +8,7 @@
 //! lock, which is what makes calling them from a handler safe in practice.
 //!
 //! Depends on: `libc`. Upholds I5.
+#![cfg(feature = "mmap")]
 
 #[cfg(not(unix))]
 compile_error!("the `mmap` feature needs a unix target (Linux first)");
@@ -68,7 +69,8 @@ pub(crate) fn map(len: usize) -> Option<*mut u8> {
 /// Unmaps `len` bytes at `base`.
 ///
 /// # Safety
-/// - `base..base + len` is a whole mapping from [`map`], and nothing uses it any more.
+/// - `base..base + len` is a mapping from [`map`], or a page-aligned part of one, and
+///   nothing uses it any more.
 pub(crate) unsafe fn unmap(base: *mut u8, len: usize) {
     keeping_errno(|| {
         // SAFETY: the caller's contract.

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! base                                                     base + n * CHUNK
-//! | used map | partial maps (one per class) | descriptors | chunk | chunk | ... |
+//! | used map | partial maps (LISTS per class) | descriptors | chunk | chunk | ... |
 //! '-------------- metadata: chunks 0..first -------------'  '-- first..n ---'
 //! ```
 //!
@@ -17,7 +17,7 @@
 //!
 //! # More than one region
 //! Region 0 is the heap inside `SigAlloc`. Regions 1..=[`MAX_REGIONS`] are claimed RAM
-//! (`SigAlloc::claim`) and, with the `mmap` feature, mapped regions. They sit in a
+//! (`SigAlloc::claim`) and regions a memory source added (`source.rs`). They sit in a
 //! fixed [`Registry`] that only grows: an entry is reserved by one CAS on the count,
 //! filled, then published by one Release store of its base. A thread stopped between
 //! the two only hides its own region; nobody waits for it (I4). Entries are never
@@ -27,15 +27,20 @@
 //! `u32`, so the active slots stay single words (I2).
 //!
 //! Pointer -> region: the static heap first (one compare, constant-folded), then the
-//! registry newest first. Mapped regions grow geometrically (see `mapped.rs`), so the
-//! newest region holds most of the memory and the walk is short; it is bounded by
-//! `MAX_REGIONS` in any case. Inside a region, pointer -> chunk is a shift.
+//! address map (`addrmap.rs`), which names the few regions that touch the pointer's
+//! 64 MiB granule: constant time, for claimed and mapped regions alike. Only where the
+//! map cannot tell (a granule shared by more regions than it has lanes) is the registry
+//! walked, newest first. Inside a region, pointer -> chunk is a shift.
 //!
-//! Depends on: `sync`, `bitmap`, `chunk`, `class`. Upholds I1 (each chunk id names one
+//! This layer knows regions, not where their memory came from: it never calls up into
+//! a source (`source.rs` calls down into it).
+//!
+//! Depends on: `sync`, `bitmap`, `chunk`, `class`, `addrmap`. Upholds I1 (each chunk id names one
 //! descriptor and one stretch of memory), I2, I4.
 
 use core::mem::{align_of, size_of};
 
+use crate::addrmap::{AddrMap, Found};
 use crate::bitmap::Bitmap;
 use crate::chunk::Desc;
 use crate::class::{Class, CHUNK, CHUNK_SHIFT, NCLASSES};
@@ -46,9 +51,8 @@ use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 /// threads on different slots then share no bitmap word.
 pub(crate) const LISTS: usize = 4;
 
-/// Bitmaps in a region's metadata: the used map, the idle map (free chunks seen by the
-/// last release pass, `mapped.rs`), then `LISTS` partial maps per class.
-const MAPS: usize = 2 + NCLASSES * LISTS;
+/// Bitmaps in a region's metadata: the used map, then `LISTS` partial maps per class.
+const MAPS: usize = 1 + NCLASSES * LISTS;
 
 /// Regions the registry holds besides the static heap.
 pub const MAX_REGIONS: usize = 63;
@@ -64,9 +68,19 @@ static_assertions::const_assert!(MAX_REGIONS < (1 << (32 - INDEX_BITS)) - 1);
 
 /// A chunk anywhere in the allocator: region id in the top 8 bits, chunk index below.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) struct ChunkId(pub(crate) u32);
+pub(crate) struct ChunkId(u32);
 
 impl ChunkId {
+    /// The id as one word (for an active slot).
+    #[inline(always)]
+    pub(crate) const fn bits(self) -> u32 {
+        self.0
+    }
+    /// The id [`bits`](Self::bits) returned.
+    #[inline(always)]
+    pub(crate) const fn from_bits(bits: u32) -> ChunkId {
+        ChunkId(bits)
+    }
     #[inline(always)]
     pub(crate) fn new(region: usize, chunk: usize) -> ChunkId {
         ChunkId(((region << INDEX_BITS) | chunk) as u32)
@@ -81,16 +95,66 @@ impl ChunkId {
     }
 }
 
-/// Bytes of metadata for a region of `n` chunks, and where the descriptors start.
-const fn layout(n: usize) -> (usize, usize) {
-    let words = Bitmap::words_for(n) * MAPS;
-    let desc_at = (words * size_of::<AtomicUsize>()).next_multiple_of(align_of::<Desc>());
-    (desc_at + n * size_of::<Desc>(), desc_at)
+/// Partial maps of at most this many words are searched directly: a few loads, where
+/// keeping a summary would cost every listing two more RMWs. (The default 2 MiB heap's
+/// maps are 8 words; every mapped region's are larger.)
+const DIRECT_WORDS: usize = 8;
+
+/// Summary and top words of one partial map of a region of `chunks` chunks (none for a
+/// map searched directly).
+#[inline(always)]
+const fn summary_words(chunks: usize) -> usize {
+    if Bitmap::words_for(chunks) <= DIRECT_WORDS {
+        0
+    } else {
+        Bitmap::summary_words(chunks) + Bitmap::top_words(chunks)
+    }
 }
 
-/// Chunks the metadata of a region of `n` chunks takes from its front.
-pub(crate) const fn meta_chunks(n: usize) -> usize {
-    layout(n).0.div_ceil(CHUNK)
+/// Bytes of metadata for a region of `chunks` chunks, and where the descriptors start.
+#[inline(always)]
+const fn layout(chunks: usize) -> (usize, usize) {
+    let words = cursors_at(chunks) + CURSORS;
+    let desc_at = (words * size_of::<AtomicUsize>()).next_multiple_of(align_of::<Desc>());
+    (desc_at + chunks * size_of::<Desc>(), desc_at)
+}
+
+/// Search cursors per region: one per slot hint for single chunks, one for runs.
+pub(crate) const CURSORS: usize = LISTS + 1;
+
+/// The word (of the metadata) where the cursors of a region of `chunks` chunks start.
+#[inline(always)]
+const fn cursors_at(chunks: usize) -> usize {
+    Bitmap::words_for(chunks) * MAPS + summary_words(chunks) * (MAPS - 1)
+}
+
+/// Chunks the metadata of a region of `chunks` chunks takes from its front.
+#[inline(always)]
+pub(crate) const fn meta_chunks(chunks: usize) -> usize {
+    layout(chunks).0.div_ceil(CHUNK)
+}
+
+/// A region's registry id and whether a source mapped it (so its free chunks' pages
+/// may be given back), packed in one word: the hot paths copy `Region`s around, and
+/// mixed field sizes there cost store-forwarding stalls.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct RegionKey(usize);
+
+impl RegionKey {
+    /// The inline heap's.
+    const HOME: RegionKey = RegionKey(0);
+    #[inline(always)]
+    const fn new(id: usize, mapped: bool) -> RegionKey {
+        RegionKey(id << 1 | mapped as usize)
+    }
+    #[inline(always)]
+    const fn id(self) -> usize {
+        self.0 >> 1
+    }
+    #[inline(always)]
+    const fn mapped(self) -> bool {
+        self.0 & 1 != 0
+    }
 }
 
 /// A region: `n` chunks at `base`, the first `first` of them metadata.
@@ -99,10 +163,7 @@ pub(crate) struct Region {
     base: *mut u8,
     n: usize,
     first: usize,
-    /// Its id in the registry (0: the static heap) times 2, plus 1 if it is an
-    /// anonymous mapping, whose free chunks may be given back. (One word: the hot paths
-    /// copy `Region`s around, and mixed field sizes there cost store-forwarding stalls.)
-    tag: usize,
+    key: RegionKey,
 }
 
 impl Region {
@@ -127,14 +188,14 @@ impl Region {
                 base,
                 n: 0,
                 first: 0,
-                tag: 0,
+                key: RegionKey::HOME,
             };
         }
         Region {
             base,
             n,
             first,
-            tag: 0,
+            key: RegionKey::HOME,
         }
     }
 
@@ -161,7 +222,7 @@ impl Region {
     /// - as for [`Region::init`].
     #[cfg(loom)]
     unsafe fn init_loom(&self, desc_at: usize) {
-        let words = Bitmap::words_for(self.n) * MAPS;
+        let words = cursors_at(self.n) + CURSORS;
         for i in 0..words {
             let p = self
                 .base
@@ -184,20 +245,19 @@ impl Region {
     /// Its registry id (0: the static heap).
     #[inline(always)]
     pub(crate) fn id(&self) -> usize {
-        self.tag >> 1
+        self.key.id()
     }
 
-    /// Whether it is an anonymous mapping.
+    /// Whether a source mapped it (its free chunks' pages may be given back).
     #[inline(always)]
-    #[allow(dead_code)]
     pub(crate) fn mapped(&self) -> bool {
-        self.tag & 1 != 0
+        self.key.mapped()
     }
 
-    /// The id of its chunk `i`.
+    /// The id of its chunk `index`.
     #[inline(always)]
-    pub(crate) fn chunk_id(&self, i: usize) -> ChunkId {
-        ChunkId::new(self.tag >> 1, i)
+    pub(crate) fn chunk_id(&self, index: usize) -> ChunkId {
+        ChunkId::new(self.key.id(), index)
     }
 
     /// First chunk index that serves allocations.
@@ -228,39 +288,63 @@ impl Region {
         Bitmap::new(self.words(0), self.n)
     }
 
-    /// The idle map: free chunks the last release pass saw (`mapped.rs`).
-    #[inline(always)]
-    #[allow(dead_code)]
-    pub(crate) fn idle(&self) -> Bitmap<'_> {
-        Bitmap::new(self.words(1), self.n)
-    }
-
     /// Partial-chunk map `list` (taken modulo [`LISTS`]) of `class`.
     #[inline(always)]
     pub(crate) fn partial(&self, class: Class, list: usize) -> Bitmap<'_> {
-        Bitmap::new(self.words(2 + class.id() * LISTS + list % LISTS), self.n)
+        let which = class.id() * LISTS + list % LISTS;
+        let per = summary_words(self.n);
+        if per == 0 {
+            return Bitmap::new(self.words(1 + which), self.n);
+        }
+        let after_maps = MAPS * Bitmap::words_for(self.n);
+        let p = self
+            .base
+            .wrapping_add((after_maps + which * per) * size_of::<AtomicUsize>());
+        // SAFETY: `Region::new`'s contract: the metadata area holds each partial map's
+        // summary and top words past the maps (`layout`), initialised, aligned, shared
+        // only through atomics.
+        let levels = unsafe { core::slice::from_raw_parts(p.cast::<AtomicUsize>(), per) };
+        let (summary, top) = levels.split_at(Bitmap::summary_words(self.n));
+        Bitmap::with_summary(self.words(1 + which), summary, top, self.n)
     }
 
-    /// The descriptor of chunk `i` (`i < end()`).
+    /// Search cursor `which` (`< CURSORS`): where a search for free chunks last
+    /// succeeded, plus one (0: none yet). Only a hint: any value is safe.
     #[inline(always)]
-    pub(crate) fn desc(&self, i: usize) -> Option<&Desc> {
-        if i >= self.n {
+    pub(crate) fn cursor(&self, which: usize) -> Option<&AtomicUsize> {
+        if which >= CURSORS || self.n == 0 {
+            return None;
+        }
+        let p = self
+            .base
+            .wrapping_add((cursors_at(self.n) + which) * size_of::<AtomicUsize>())
+            .cast::<AtomicUsize>();
+        // SAFETY: `Region::new`'s contract: the cursors are initialised words of the
+        // metadata area (`layout`), aligned, shared only through atomics.
+        Some(unsafe { &*p })
+    }
+
+    /// The descriptor of chunk `chunk` (`chunk < end()`).
+    #[inline(always)]
+    pub(crate) fn desc(&self, chunk: usize) -> Option<&Desc> {
+        if chunk >= self.n {
             return None;
         }
         let (_, desc_at) = layout(self.n);
         let p = self
             .base
-            .wrapping_add(desc_at + i * size_of::<Desc>())
+            .wrapping_add(desc_at + chunk * size_of::<Desc>())
             .cast::<Desc>();
-        // SAFETY: `Region::new`'s contract: descriptor `i < n` is initialised at this
-        // aligned offset inside the metadata area and is shared only through atomics.
+        // SAFETY: `Region::new`'s contract: descriptor `chunk < n` is initialised at
+        // this aligned offset inside the metadata area and is shared only through
+        // atomics.
         Some(unsafe { &*p })
     }
 
-    /// The first byte of chunk `i`.
+    /// The first byte of chunk `chunk`.
     #[inline(always)]
-    pub(crate) fn chunk_base(&self, i: usize) -> *mut u8 {
-        self.base.wrapping_add(i << CHUNK_SHIFT)
+    pub(crate) fn chunk_base(&self, chunk: usize) -> *mut u8 {
+        self.base.wrapping_add(chunk << CHUNK_SHIFT)
     }
 
     /// The chunk holding `ptr` and `ptr`'s offset in it, if `ptr` is in this region's
@@ -287,11 +371,15 @@ pub enum ClaimError {
     Full,
 }
 
-/// One registry entry: published when `base` turns non-null.
+/// One registry entry: published when `base` turns non-null. The region's shape is
+/// kept whole, so reading a region back is a few loads, with no arithmetic.
 struct Entry {
     base: AtomicPtr,
-    /// Length in bytes (a multiple of `CHUNK`), bit 0 set for a mapped region.
-    len: AtomicUsize,
+    /// Chunks, and the first that serves allocations (the others hold metadata).
+    chunks: AtomicUsize,
+    first: AtomicUsize,
+    /// Nonzero for a region a source mapped.
+    mapped: AtomicUsize,
 }
 
 /// The regions besides the static heap (see the module docs).
@@ -299,9 +387,8 @@ pub(crate) struct Registry {
     /// Entries reserved so far (some may not be published yet).
     reserved: AtomicUsize,
     entries: [Entry; MAX_REGIONS],
-    /// What the `mmap` feature keeps: its switch, counters and huge blocks.
-    #[cfg(feature = "mmap")]
-    pub(crate) os: crate::mapped::State,
+    /// Which regions touch each granule of the address space.
+    addrs: AddrMap,
 }
 
 impl Registry {
@@ -310,13 +397,14 @@ impl Registry {
         #[allow(clippy::declare_interior_mutable_const)]
         const ENTRY: Entry = Entry {
             base: AtomicPtr::null(),
-            len: AtomicUsize::new(0),
+            chunks: AtomicUsize::new(0),
+            first: AtomicUsize::new(0),
+            mapped: AtomicUsize::new(0),
         };
         Registry {
             reserved: AtomicUsize::new(0),
             entries: [ENTRY; MAX_REGIONS],
-            #[cfg(feature = "mmap")]
-            os: crate::mapped::State::new(),
+            addrs: AddrMap::new(),
         }
     }
 
@@ -326,25 +414,26 @@ impl Registry {
             reserved: AtomicUsize::new(0),
             entries: core::array::from_fn(|_| Entry {
                 base: AtomicPtr::null(),
-                len: AtomicUsize::new(0),
+                chunks: AtomicUsize::new(0),
+                first: AtomicUsize::new(0),
+                mapped: AtomicUsize::new(0),
             }),
-            #[cfg(feature = "mmap")]
-            os: crate::mapped::State::new(),
+            addrs: AddrMap::new(),
         }
     }
 }
 
 /// Every region of one allocator: its static heap and its registry.
 #[derive(Clone, Copy)]
-pub(crate) struct Space<'a> {
+pub(crate) struct Regions<'a> {
     home: Region,
-    reg: &'a Registry,
+    registry: &'a Registry,
 }
 
-impl<'a> Space<'a> {
+impl<'a> Regions<'a> {
     #[inline(always)]
-    pub(crate) fn new(home: Region, reg: &'a Registry) -> Space<'a> {
-        Space { home, reg }
+    pub(crate) fn new(home: Region, registry: &'a Registry) -> Regions<'a> {
+        Regions { home, registry }
     }
 
     /// Region 0, the inline heap.
@@ -353,17 +442,15 @@ impl<'a> Space<'a> {
         &self.home
     }
 
-    /// The registry (for what the `mmap` feature keeps there).
-    #[allow(dead_code)]
-    pub(crate) fn registry(&self) -> &'a Registry {
-        self.reg
-    }
-
     /// One past the highest region id that may be in use.
     #[inline(always)]
     pub(crate) fn ids(&self) -> usize {
         // ORDERING: Relaxed: an entry is only used once its base is seen (Acquire).
-        1 + self.reg.reserved.load(Ordering::Relaxed).min(MAX_REGIONS)
+        1 + self
+            .registry
+            .reserved
+            .load(Ordering::Relaxed)
+            .min(MAX_REGIONS)
     }
 
     /// Region `id`, if it is published.
@@ -372,40 +459,50 @@ impl<'a> Space<'a> {
         if id == 0 {
             return Some(self.home);
         }
-        let e = self.reg.entries.get(id - 1)?;
+        let e = self.registry.entries.get(id - 1)?;
         // ORDERING: Acquire pairs with the Release store in `add`: the entry's length
         // and the region's metadata are visible once the base is.
         let base = e.base.load(Ordering::Acquire);
         if base.is_null() {
             return None;
         }
-        // ORDERING: Relaxed: ordered by the Acquire above.
-        let len = e.len.load(Ordering::Relaxed);
-        // SAFETY: `add`'s contract: `base` is CHUNK-aligned, valid for `len` bytes for
-        // the allocator's life, and its metadata was initialised before publication.
-        let mut r = unsafe { Region::new(base, len & !(CHUNK - 1)) };
-        r.tag = id << 1 | (len & 1);
-        Some(r)
+        // ORDERING: Relaxed (all three): ordered by the Acquire above.
+        // `add` stored the shape of a region `Region::new` built over memory that its
+        // contract keeps valid for the allocator's life, its metadata initialised.
+        Some(Region {
+            base,
+            n: e.chunks.load(Ordering::Relaxed),
+            first: e.first.load(Ordering::Relaxed),
+            key: RegionKey::new(id, e.mapped.load(Ordering::Relaxed) != 0),
+        })
     }
 
     /// Every published region, the static heap first.
     pub(crate) fn all(&self) -> impl Iterator<Item = Region> + 'a {
-        let me = *self;
-        (0..self.ids()).filter_map(move |id| me.get(id))
+        let regions = *self;
+        (0..self.ids()).filter_map(move |id| regions.get(id))
     }
 
-    /// The region whose allocatable chunks hold `ptr`, with the chunk and the offset.
-    #[inline(always)]
-    pub(crate) fn find(&self, ptr: *const u8) -> Option<(Region, usize, usize)> {
-        if let Some((ci, off)) = self.home.locate(ptr) {
-            return Some((self.home, ci, off));
-        }
-        self.find_other(ptr)
-    }
-
+    /// The region other than the inline heap whose allocatable chunks hold `ptr`, with
+    /// the chunk and the offset (the inline heap is `home().locate`'s).
     #[cold]
     #[inline(never)]
     pub(crate) fn find_other(&self, ptr: *const u8) -> Option<(Region, usize, usize)> {
+        match self.registry.addrs.find(ptr.addr()) {
+            Found::Lanes(ids) => ids.into_iter().filter(|&id| id != 0).find_map(|id| {
+                let region = self.get(id)?;
+                let (chunk, offset) = region.locate(ptr)?;
+                Some((region, chunk, offset))
+            }),
+            Found::Nothing => None,
+            Found::Walk => self.walk(ptr),
+        }
+    }
+
+    /// [`find_other`](Self::find_other) by walking the registry, newest first.
+    #[cold]
+    #[inline(never)]
+    fn walk(&self, ptr: *const u8) -> Option<(Region, usize, usize)> {
         // Newest first: mapped regions grow geometrically, so the newest holds most.
         (1..self.ids()).rev().find_map(|id| {
             let r = self.get(id)?;
@@ -434,28 +531,36 @@ impl<'a> Space<'a> {
         let len = r.end() << CHUNK_SHIFT;
         // Reserve an entry: a CAS on the count, so a full registry stays at its size.
         // ORDERING: Relaxed: the reservation publishes nothing (the base store does).
-        let mut i = self.reg.reserved.load(Ordering::Relaxed);
+        let mut i = self.registry.reserved.load(Ordering::Relaxed);
         loop {
             if i >= MAX_REGIONS {
                 return Err(ClaimError::Full);
             }
-            match self
-                .reg
-                .reserved
-                .compare_exchange(i, i + 1, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.registry.reserved.compare_exchange(
+                i,
+                i + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break,
                 Err(now) => i = now,
             }
         }
-        let e = self.reg.entries.get(i).ok_or(ClaimError::Full)?;
-        // ORDERING: Relaxed: published by the Release store of the base below.
-        e.len.store(len | usize::from(mapped), Ordering::Relaxed);
+        let e = self.registry.entries.get(i).ok_or(ClaimError::Full)?;
+        // ORDERING: Relaxed (all three): published by the Release store of the base.
+        e.chunks.store(r.n, Ordering::Relaxed);
+        e.first.store(r.first, Ordering::Relaxed);
+        e.mapped.store(usize::from(mapped), Ordering::Relaxed);
+        // Into the address map before publication: a pointer into the region can only
+        // exist after it, so every lookup for one finds the region's id.
+        self.registry
+            .addrs
+            .insert(base.addr(), base.addr() + len, i + 1);
         // ORDERING: Release pairs with the Acquire load in `get`: the metadata and the
-        // length are visible to whoever sees the base.
+        // shape are visible to whoever sees the base.
         e.base.store(base, Ordering::Release);
         let mut r = r;
-        r.tag = (i + 1) << 1 | usize::from(mapped);
+        r.key = RegionKey::new(i + 1, mapped);
         Ok(r)
     }
 
@@ -485,36 +590,10 @@ impl<'a> Space<'a> {
         // Caller RAM holds whatever it held: no chunk may count as zero (`calloc`).
         for ci in r.first()..r.end() {
             if let Some(d) = r.desc(ci) {
-                d.mark_dirty();
+                d.set_clean(false);
             }
         }
         // SAFETY: as above, with its metadata initialised.
         unsafe { self.add(base, len, false) }
-    }
-
-    /// A new region of at least `chunks` allocatable chunks, if growth is on and the OS
-    /// gives memory (only with the `mmap` feature).
-    #[inline(never)]
-    pub(crate) fn grow(&self, chunks: usize) -> Option<Region> {
-        #[cfg(feature = "mmap")]
-        {
-            crate::mapped::grow(self, chunks)
-        }
-        #[cfg(not(feature = "mmap"))]
-        {
-            let _ = chunks;
-            None
-        }
-    }
-
-    /// Called when a chunk of `r` has been returned to its free map.
-    #[inline(always)]
-    pub(crate) fn retired(&self, r: &Region) {
-        #[cfg(feature = "mmap")]
-        if r.mapped() {
-            crate::mapped::retired(self);
-        }
-        #[cfg(not(feature = "mmap"))]
-        let _ = r;
     }
 }

@@ -18,10 +18,20 @@
 
 pub(crate) use core::sync::atomic::Ordering;
 
-#[cfg(not(loom))]
+// The atomics behind the wrappers: `core`'s; `portable-atomic`'s on targets without
+// CAS (feature `portable-atomic`); loom's in models.
+#[cfg(all(not(loom), not(feature = "portable-atomic")))]
 use core::sync::atomic as imp;
 #[cfg(loom)]
 use loom::sync::atomic as imp;
+#[cfg(all(not(loom), feature = "portable-atomic"))]
+use portable_atomic as imp;
+
+#[cfg(all(not(target_has_atomic = "32"), not(feature = "portable-atomic")))]
+compile_error!(
+    "this target has no compare-and-swap: enable sigalloc's `portable-atomic` feature \
+     (and choose portable-atomic's `critical-section` feature or its single-core cfg)"
+);
 
 /// What kind of step the hook is told about.
 #[cfg(feature = "hooks")]
@@ -224,19 +234,16 @@ impl AtomicPtr {
     }
 }
 
-/// A cell holding an optional function pointer (an error hook), kept as a pointer so
-/// that calling it keeps provenance.
-pub(crate) struct FnCell(imp::AtomicPtr<()>);
+/// A cell holding an optional function pointer (the error hook), kept as a pointer so
+/// that calling it keeps provenance. It takes part in no protocol, so it is a plain
+/// `core` atomic even under loom, and a `static` can hold it.
+#[cfg(feature = "checked")]
+pub(crate) struct FnCell(core::sync::atomic::AtomicPtr<()>);
 
-#[allow(dead_code)]
+#[cfg(feature = "checked")]
 impl FnCell {
-    #[cfg(not(loom))]
     pub(crate) const fn new() -> Self {
-        FnCell(imp::AtomicPtr::new(core::ptr::null_mut()))
-    }
-    #[cfg(loom)]
-    pub(crate) fn new() -> Self {
-        FnCell(imp::AtomicPtr::new(core::ptr::null_mut()))
+        FnCell(core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()))
     }
     /// Stores a function pointer cast to `*mut ()` (or null).
     pub(crate) fn set(&self, f: *mut ()) {
@@ -259,25 +266,85 @@ pub(crate) fn fence(o: Ordering) {
     imp::fence(o)
 }
 
-/// A number that differs between threads and stays put within one, without TLS: a
-/// hash of the stack address (threads' stacks lie megabytes apart; a signal handler on
-/// the same stack gets the same number, finds that slot taken and moves on).
+/// A small number (below 256) that differs between threads running at once and stays
+/// put while one runs, without TLS: which active slot and partial list to use first.
+///
+/// On Linux x86_64 with glibc 2.35 or later it is the CPU the thread runs on, read from
+/// the thread's rseq area (two loads): two threads running at once are on two CPUs, so
+/// they never share a slot, wherever their stacks lie. Elsewhere, and whenever rseq is
+/// not registered, it is a hash of the stack address (threads' stacks lie megabytes
+/// apart). Either way a signal handler gets the number of the code it interrupted,
+/// finds that slot taken and moves on; a thread that migrates between reading it and
+/// using it only meets a little more contention.
 ///
 /// Under loom every thread gets 0: all threads then share one active slot and one
 /// partial list, the most contended case, which is what the models should explore.
 #[inline(always)]
-pub(crate) fn stack_hash() -> usize {
+pub(crate) fn thread_hint() -> usize {
     #[cfg(loom)]
     {
         0
     }
     #[cfg(not(loom))]
     {
+        #[cfg(all(
+            target_os = "linux",
+            target_arch = "x86_64",
+            target_env = "gnu",
+            not(miri)
+        ))]
+        if let Some(cpu) = rseq_cpu() {
+            return cpu % 256;
+        }
         const GOLDEN: usize = 0x9E37_79B9_7F4A_7C15_u64 as usize;
         let probe = 0u8;
         let sp = core::ptr::addr_of!(probe).addr();
-        (sp >> 16).wrapping_mul(GOLDEN)
+        // The top bits of the product mix every bit of the stack address above 64 KiB.
+        (sp >> 16).wrapping_mul(GOLDEN) >> (usize::BITS - 8)
     }
+}
+
+/// The CPU this thread runs on, from the `cpu_id` field of its rseq area, or `None` if
+/// this glibc has no rseq area (before 2.35: the symbol is weak and reads as null) or
+/// registration is off (`cpu_id` is -1 or -2: `glibc.pthread.rseq=0`, valgrind).
+#[cfg(all(
+    target_os = "linux",
+    target_arch = "x86_64",
+    target_env = "gnu",
+    not(loom),
+    not(miri)
+))]
+#[inline(always)]
+fn rseq_cpu() -> Option<usize> {
+    let cpu: i32;
+    // SAFETY: reads only: the GOT slot of `__rseq_offset` (null when the weak symbol is
+    // missing, then nothing else is read), the variable itself (glibc's, immutable
+    // after start-up), and the `cpu_id` field of this thread's rseq area, which glibc
+    // places at that offset from the thread pointer (`fs`) in every thread's TCB.
+    unsafe {
+        core::arch::asm!(
+            // `__rseq_offset` may be missing (an older glibc): bind it weakly.
+            ".weak __rseq_offset",
+            // off = &__rseq_offset, from the GOT (0 if the symbol is missing)
+            "mov {off}, qword ptr [rip + __rseq_offset@GOTPCREL]",
+            // if off == null: no rseq area in this libc
+            "test {off}, {off}",
+            "jz 2f",
+            // off = __rseq_offset (bytes from the thread pointer to struct rseq)
+            "mov {off}, qword ptr [{off}]",
+            // cpu = ((struct rseq *)(tp + off))->cpu_id (offset 4; -1/-2 if unset)
+            "mov {cpu:e}, dword ptr fs:[{off} + 4]",
+            "jmp 3f",
+            "2:",
+            // cpu = -1: no rseq
+            "mov {cpu:e}, -1",
+            "3:",
+            off = out(reg) _,
+            cpu = out(reg) cpu,
+            options(nostack, readonly),
+        );
+    }
+    usize::try_from(cpu).ok()
 }
 
 /// Reads the link word of a free block: the index of the next free block.

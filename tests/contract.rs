@@ -215,7 +215,7 @@ fn bad_input_gets_null_and_changes_nothing() {
     assert!(A.malloc(1 << 20).is_null(), "larger than the heap");
     assert!(A.calloc(usize::MAX, 2).is_null());
     assert!(A.calloc(1 << 40, 1 << 40).is_null());
-    let big_align = Layout::from_size_align(8, 8192).unwrap();
+    let big_align = Layout::from_size_align(8, sigalloc::MAX_ALIGN * 2).unwrap();
     assert!(unsafe { A.alloc(big_align) }.is_null());
     unsafe { A.free(std::ptr::null_mut()) };
     // A pointer the heap does not contain is ignored.
