@@ -60,9 +60,11 @@ pub fn pick_size(u: &mut Unstructured<'_>, heap: usize) -> Result<usize> {
 }
 
 pub fn pick_align(u: &mut Unstructured<'_>) -> Result<usize> {
-    // Mostly small alignments, sometimes up to 8192 (one above the maximum).
-    Ok(match u.int_in_range(0u8..=3)? {
+    // Mostly small alignments, sometimes up to a chunk and past it, up to one above
+    // the maximum (2 MiB).
+    Ok(match u.int_in_range(0u8..=5)? {
         0 => 1 << u.int_in_range(0u32..=13)?,
+        1 => 1 << u.int_in_range(13u32..=sigalloc::MAX_ALIGN.trailing_zeros() + 1)?,
         _ => 1 << u.int_in_range(0u32..=4)?,
     })
 }

@@ -18,6 +18,10 @@ pub fn expected_usable(size: usize, align: usize) -> Option<usize> {
     if align > MAX_ALIGN {
         return None;
     }
+    if align > CHUNK_SIZE {
+        // A span at an aligned chunk, as long as the size needs.
+        return size.max(1).div_ceil(CHUNK_SIZE).checked_mul(CHUNK_SIZE);
+    }
     let need = size.max(align);
     if need <= MIN_BLOCK {
         Some(MIN_BLOCK)
