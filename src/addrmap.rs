@@ -40,8 +40,10 @@ const ENTRIES: usize = if cfg!(loom) {
     64
 };
 
-// A region id fits a lane (0 means an empty lane), and a granule number fits above it.
-static_assertions::const_assert!(crate::region::MAX_REGIONS <= LANE_MASK);
+/// The largest region id a lane holds (0 means an empty lane).
+pub(crate) const MAX_ID: usize = LANE_MASK;
+
+// A granule number fits above the lanes.
 static_assertions::const_assert!(KEY_SHIFT + (usize::BITS - GRANULE_SHIFT) <= usize::BITS);
 static_assertions::const_assert!(ENTRIES.is_power_of_two());
 

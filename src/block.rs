@@ -11,13 +11,21 @@
 //! (by its holder, the caller) can retire its chunk. For a pointer that is not a live
 //! block the snapshot only classifies the mistake.
 //!
-//! Depends on: `sync`, `class`, `chunk`, `region`, `source`. Upholds I6 (every pointer
+//! Depends on: `sync`, `class`, `chunk`, `region`, `source` (and `mapped`, the source
+//! it names as `Active` with the `mmap` feature). Upholds I6 (every pointer
 //! gets a defined answer, foreign ones included).
 
 use crate::chunk::{Anchor, Desc, ACTIVE, SPAN_CLASS};
 use crate::class::{Class, CHUNK_SHIFT};
 use crate::region::{Region, Regions};
-use crate::source::{Active, Source};
+use crate::source::Source;
+
+/// The memory source of this build (see `source.rs`): mapped memory with the `mmap`
+/// feature, the inline heap and claimed RAM alone without it.
+#[cfg(feature = "mmap")]
+pub(crate) use crate::mapped::Mapped as Active;
+#[cfg(not(feature = "mmap"))]
+pub(crate) use crate::source::Fixed as Active;
 use crate::sync::Ordering;
 
 /// What a pointer is resolved against: every region, and the memory source.

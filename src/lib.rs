@@ -80,7 +80,7 @@ pub struct SigAlloc<const HEAP: usize = DEFAULT_HEAP> {
     /// Claimed and mapped regions.
     registry: Registry,
     /// Where more memory comes from (`source.rs`).
-    source: source::Active,
+    source: block::Active,
 }
 
 // SAFETY: all shared state is atomics (I2); the arena's bytes are handed out to one
@@ -102,7 +102,7 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
             arena: Arena(UnsafeCell::new([0; HEAP])),
             heap: Heap::new(),
             registry: Registry::new(),
-            source: source::Active::new(),
+            source: block::Active::new(),
         }
     }
 
@@ -113,7 +113,7 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
             arena: Arena(UnsafeCell::new([0; HEAP])),
             heap: Heap::new(),
             registry: Registry::new(),
-            source: source::Active::new(),
+            source: block::Active::new(),
         };
         // SAFETY: the arena is ours alone; loom atomics are plain handles that move with
         // the bytes holding them.

@@ -63,8 +63,10 @@ const INDEX_BITS: u32 = 24;
 /// The most chunks one region can have (a longer claim or mapping is cut to this).
 pub(crate) const MAX_REGION_CHUNKS: usize = 1 << INDEX_BITS;
 
-// Region ids 0..=MAX_REGIONS and the +1 of a slot value fit in a u32 chunk id.
+// Region ids 0..=MAX_REGIONS and the +1 of a slot value fit in a u32 chunk id, and
+// every id fits a lane of the address map.
 static_assertions::const_assert!(MAX_REGIONS < (1 << (32 - INDEX_BITS)) - 1);
+static_assertions::const_assert!(MAX_REGIONS <= crate::addrmap::MAX_ID);
 
 /// A chunk anywhere in the allocator: region id in the top 8 bits, chunk index below.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -8,7 +8,7 @@
 //! - huge blocks: requests too large to be worth a region's chunks, each in a mapping of
 //!   its own, which `block.rs` resolves like any other pointer.
 //!
-//! Two sources exist, and a build has exactly one of them, named [`Active`]:
+//! Two sources exist, and a build has exactly one of them, named `block::Active`:
 //! - [`Fixed`] (every build without the `mmap` feature, so every bare-metal one): the
 //!   inline heap plus claimed RAM (`SigAlloc::claim`, which only registers a region in
 //!   `region.rs`) and nothing more: no growth, no huge blocks, nothing given back.
@@ -16,18 +16,15 @@
 //!   and free pages given back, all through `os.rs`. Off until `enable_mmap`; until
 //!   then it answers exactly as `Fixed` does.
 //!
-//! `Active` is a type alias, so the seam is a static call with no indirection. The
-//! region layer below never calls up into a source; a source calls down into it.
+//! `Active` is a type alias (in `block.rs`, where memory is assembled from the regions
+//! and the source), so the seam is a static call with no indirection. The region layer
+//! below never calls up into a source; a source calls down into it, and this file names
+//! no implementation but its own `Fixed`.
 //!
 //! Depends on: `region`, and for `Mapped`, `os`. Upholds I4 (no source waits: growth
 //! is a CAS and a store in the registry), I5 (only `os.rs` talks to the OS).
 
 use crate::region::{Region, Regions};
-
-#[cfg(feature = "mmap")]
-pub(crate) use crate::mapped::Mapped as Active;
-#[cfg(not(feature = "mmap"))]
-pub(crate) use Fixed as Active;
 
 /// What a memory source offers the chunk layer (see the module docs).
 pub(crate) trait Source {

@@ -115,6 +115,8 @@ macro_rules! atomic_word {
         #[repr(transparent)]
         pub(crate) struct $name(imp::$inner);
 
+        // The same API for every word type, as `core`'s: not every type uses every
+        // method, whichever features are on.
         #[allow(dead_code)]
         impl $name {
             #[cfg(not(loom))]
@@ -201,6 +203,7 @@ atomic_word!(AtomicUsize, AtomicUsize, usize);
 #[repr(transparent)]
 pub(crate) struct AtomicPtr(imp::AtomicPtr<u8>);
 
+// Like the word types: `core`'s API, not every method used in every build.
 #[allow(dead_code)]
 impl AtomicPtr {
     #[cfg(not(loom))]
@@ -256,14 +259,6 @@ impl FnCell {
         // ORDERING: pairs with the Release in `set`.
         self.0.load(Ordering::Acquire)
     }
-}
-
-/// A fence, seen by the hook like any other step.
-#[inline(always)]
-#[allow(dead_code)]
-pub(crate) fn fence(o: Ordering) {
-    step(2);
-    imp::fence(o)
 }
 
 /// A small number (below 256) that differs between threads running at once and stays
