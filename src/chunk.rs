@@ -172,7 +172,8 @@ pub(crate) struct Desc {
     private: AtomicU32,
     /// Owner-only: a [`Carve`].
     carve: AtomicU32,
-    /// For a span head: the number of chunks in the span.
+    /// For a span head: the number of chunks in the span. For a chunk serving a class:
+    /// its *home*, the partial list it goes back to (see [`Desc::home`]).
     pub(crate) span: AtomicU32,
     /// Checked mode: one bit per block, set while the block is handed out. A free that
     /// finds its bit clear is a double (or invalid) free and is refused.
@@ -237,17 +238,38 @@ impl Desc {
     }
 
     /// Formats a chunk the caller has just claimed from the free map for `class`.
-    pub(crate) fn format(&self, class: Class) {
+    /// `home` is the partial list of the slot it is formatted for.
+    pub(crate) fn format(&self, class: Class, home: usize) {
         // The caller owns the chunk exclusively (claimed with an Acquire RMW on the used
         // map). Nobody can take it from `ACTIVE`, and the owner's later Release CAS
         // publishes these writes to the next owner.
         self.set_private(Private::EMPTY);
         self.set_carve(Carve::new(0, self.carve().dirty()));
+        self.set_home(home);
         // ORDERING: Relaxed, as above.
         self.anchor.store(
             Anchor::new(ACTIVE, class.id() as u32, 0, 0).0,
             Ordering::Relaxed,
         );
+    }
+
+    /// The partial list this chunk goes back to when a free lists it: the list of the
+    /// slot it was formatted for, so blocks freed by another thread (or a handler) come
+    /// back to the thread that allocates from the chunk, instead of being left in the
+    /// freer's list for someone else to take over. Only a hint: any list is correct.
+    #[inline(always)]
+    pub(crate) fn home(&self) -> usize {
+        // ORDERING: Relaxed: written at `format`, before any block of the chunk was
+        // handed out, so anyone freeing one of its blocks sees it; a stale value only
+        // picks another list.
+        self.span.load(Ordering::Relaxed) as usize
+    }
+
+    /// Makes `home` the chunk's home list (its owner took it over from another list).
+    #[inline(always)]
+    pub(crate) fn set_home(&self, home: usize) {
+        // ORDERING: Relaxed: a hint (see `home`), written by the chunk's owner.
+        self.span.store(home as u32, Ordering::Relaxed);
     }
 
     /// Takes one block. Returns its index and whether it is known to be zero. Returns
@@ -634,7 +656,7 @@ mod tests {
         let base = mem.0.as_mut_ptr();
         let d = desc();
         let c = class(1024);
-        d.format(c);
+        d.format(c, 0);
         let got: std::vec::Vec<_> = (0..4).map(|_| pop(&d, base, c)).collect();
         assert_eq!(
             got,
@@ -685,7 +707,7 @@ mod tests {
         let base = mem.0.as_mut_ptr();
         let d = desc();
         let c = class(512);
-        d.format(c);
+        d.format(c, 0);
         for _ in 0..8 {
             assert!(pop(&d, base, c).is_some());
         }

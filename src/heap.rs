@@ -119,8 +119,6 @@ pub(crate) struct Heap {
     used_chunks: [Shard; SLOTS],
     /// The most chunks ever in use at once (raised only when the sum passes it).
     peak_chunks: AtomicUsize,
-    /// The region where a chunk was last claimed (see `regions_from_hint`).
-    region_hint: AtomicUsize,
     /// Where faults found on the way are reported (checked mode).
     hook: Hook,
 }
@@ -148,7 +146,6 @@ impl Heap {
             slots: [CLASS; NCLASSES],
             used_chunks: [SHARD; SLOTS],
             peak_chunks: AtomicUsize::new(0),
-            region_hint: AtomicUsize::new(0),
             hook: Hook::new(),
         }
     }
@@ -159,7 +156,6 @@ impl Heap {
             slots: core::array::from_fn(|_| core::array::from_fn(|_| Slot(AtomicU32::new(0)))),
             used_chunks: core::array::from_fn(|_| Shard(AtomicUsize::new(0))),
             peak_chunks: AtomicUsize::new(0),
-            region_hint: AtomicUsize::new(0),
             hook: Hook::new(),
         }
     }
@@ -244,26 +240,21 @@ impl Heap {
     #[cold]
     #[inline(never)]
     fn alloc_small_slow(&self, mem: &Memory, class: Class, hint: usize) -> Option<Got> {
-        // Our own partial list first (the chunks we freed into), then the others'.
-        for region in self.regions_from_hint(mem) {
-            for k in 0..LISTS {
-                while let Some(chunk) = region.partial(class, hint + k).take_any() {
-                    let Some(d) = region.desc(chunk) else {
-                        continue;
-                    };
-                    if d.claim(class) {
-                        if let Some(got) = self.pop_and_keep(mem, &region, class, chunk, hint) {
-                            return Some(got);
-                        }
-                    }
-                }
-            }
+        // Our own partial list first (our chunks, wherever their blocks were freed),
+        // then a free chunk, and only then the other slots' lists: taking another
+        // thread's partial chunk while free ones exist would move its chunks (and their
+        // cache lines) back and forth between the threads.
+        if let Some(got) = self.take_listed(mem, class, hint, 0..1) {
+            return Some(got);
         }
-        for region in self.regions_from_hint(mem) {
+        for region in mem.regions.all().filter(|region| !is_full(region)) {
             if let Some(chunk) = self.claim_free_near(&region, hint) {
-                region.desc(chunk)?.format(class);
+                region.desc(chunk)?.format(class, hint % LISTS);
                 return self.pop_and_keep(mem, &region, class, chunk, hint);
             }
+        }
+        if let Some(got) = self.take_listed(mem, class, hint, 1..LISTS) {
+            return Some(got);
         }
         // Memory is short: use the chunks other threads keep in their slots. (Doing this
         // earlier would make threads steal each other's chunks back and forth.)
@@ -273,8 +264,37 @@ impl Heap {
             }
         }
         let (region, chunk) = self.claim_chunks_slow(mem, 1, CHUNK)?;
-        region.desc(chunk)?.format(class);
+        region.desc(chunk)?.format(class, hint % LISTS);
         self.pop_and_keep(mem, &region, class, chunk, hint)
+    }
+
+    /// Takes a partial chunk of `class` from lists `hint + k` for `k` in `lists`, in
+    /// every region, and pops a block from it.
+    fn take_listed(
+        &self,
+        mem: &Memory,
+        class: Class,
+        hint: usize,
+        lists: core::ops::Range<usize>,
+    ) -> Option<Got> {
+        for region in mem.regions.all() {
+            for k in lists.clone() {
+                while let Some(chunk) = region.partial(class, hint + k).take_any() {
+                    let Some(d) = region.desc(chunk) else {
+                        continue;
+                    };
+                    if d.claim(class) {
+                        if k != 0 {
+                            d.set_home(hint % LISTS);
+                        }
+                        if let Some(got) = self.pop_and_keep(mem, &region, class, chunk, hint) {
+                            return Some(got);
+                        }
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// Puts `chunk` (which the caller owns) back into slot `slot` of `class`; releases
@@ -297,7 +317,7 @@ impl Heap {
         let Some(d) = region.desc(chunk) else { return };
         // SAFETY: I1, the caller owns `chunk`, which serves `class`.
         match unsafe { d.release(region.chunk_base(chunk), class) } {
-            Pushed::Listed => region.partial(class, slot_hint()).set(chunk),
+            Pushed::Listed => region.partial(class, d.home()).set(chunk),
             Pushed::Emptied => self.retire(mem, region, chunk, Some(class)),
             Pushed::Done | Pushed::Rejected => {}
         }
@@ -318,6 +338,7 @@ impl Heap {
         self.count_released(1);
         region.used().clear(chunk);
         lower_cursor(region, zone_of(region, chunk), chunk);
+        set_full(region, false);
         mem.source.retired(&mem.regions, region);
     }
 
@@ -338,33 +359,18 @@ impl Heap {
             at => (at - 1).clamp(first, end - 1),
         };
         let used = region.used();
-        let chunk = used
+        let Some(chunk) = used
             .claim_one(start, end)
-            .or_else(|| used.claim_one(first, start))?;
-        cursor.store(chunk + 1, Ordering::Relaxed);
-        self.count_claimed(1);
-        self.note_region(region);
-        Some(chunk)
-    }
-
-    /// Every region, starting with the one where a chunk was last claimed: when the
-    /// heap has grown, the older regions are usually full, and searching them first
-    /// for every new chunk would read all their maps again.
-    fn regions_from_hint<'m>(&self, mem: &Memory<'m>) -> impl Iterator<Item = Region> + 'm {
-        let regions = mem.regions;
-        let ids = regions.ids();
-        // ORDERING: Relaxed: a hint.
-        let start = self.region_hint.load(Ordering::Relaxed) % ids;
-        (0..ids).filter_map(move |k| regions.get((start + k) % ids))
-    }
-
-    /// Remembers `region` as where free chunks were last found.
-    fn note_region(&self, region: &Region) {
-        // ORDERING: Relaxed (both): a hint; written only when it changes, so threads
-        // claiming in one region keep the line shared.
-        if self.region_hint.load(Ordering::Relaxed) != region.id() {
-            self.region_hint.store(region.id(), Ordering::Relaxed);
+            .or_else(|| used.claim_one(first, start))
+        else {
+            set_full(region, true);
+            return None;
+        };
+        if start != chunk {
+            cursor.store(chunk + 1, Ordering::Relaxed);
         }
+        self.count_claimed(1);
+        Some(chunk)
     }
 
     /// This thread's shard of `used_chunks`.
@@ -417,9 +423,15 @@ impl Heap {
                 .load(Ordering::Relaxed)
                 .saturating_sub(1)
                 .clamp(lo, end);
-            let first = used
+            let Some(first) = used
                 .claim_run(start, end, chunks)
-                .or_else(|| used.claim_run(lo, start.saturating_add(chunks).min(end), chunks))?;
+                .or_else(|| used.claim_run(lo, start.saturating_add(chunks).min(end), chunks))
+            else {
+                if chunks == 1 {
+                    set_full(region, true);
+                }
+                return None;
+            };
             cursor.store(first + chunks + 1, Ordering::Relaxed);
             first
         } else {
@@ -430,7 +442,6 @@ impl Heap {
             used.claim_run_aligned(region.first(), region.end(), chunks, step, phase)?
         };
         self.count_claimed(chunks);
-        self.note_region(region);
         Some(first)
     }
 
@@ -445,13 +456,25 @@ impl Heap {
         chunks: usize,
         align: usize,
     ) -> Option<(Region, usize)> {
-        let any = |heap: &Self| {
-            heap.regions_from_hint(mem).find_map(|region| {
-                heap.claim_free(&region, chunks, align)
-                    .map(|at| (region, at))
-            })
+        // First fit over the regions, oldest first, so the memory in use stays
+        // packed (resident pages are reused before fresh ones are touched); regions
+        // known to hold no free chunk are passed by, so a grown heap's full older
+        // regions cost a load each, not a search.
+        let any = |heap: &Self, all: bool| {
+            mem.regions
+                .all()
+                .filter(|region| all || !is_full(region))
+                .find_map(|region| {
+                    heap.claim_free(&region, chunks, align)
+                        .map(|at| (region, at))
+                })
         };
-        if let Some(got) = any(self) {
+        if let Some(got) = any(self, false) {
+            return Some(got);
+        }
+        // The flags are hints that a racing free may have left stale: before memory is
+        // reclaimed from the slots or the heap grows, every region is searched.
+        if let Some(got) = any(self, true) {
             return Some(got);
         }
         // Reclaiming only helps a run that some region could hold.
@@ -460,7 +483,7 @@ impl Heap {
             .all()
             .any(|region| region.end() - region.first() >= chunks);
         if fits && self.reclaim_slots(mem) {
-            if let Some(got) = any(self) {
+            if let Some(got) = any(self, true) {
                 return Some(got);
             }
         }
@@ -475,7 +498,7 @@ impl Heap {
             if let Some(at) = self.claim_free(&region, chunks, align) {
                 return Some((region, at));
             }
-            if let Some(got) = any(self) {
+            if let Some(got) = any(self, true) {
                 return Some(got);
             }
         }
@@ -592,7 +615,7 @@ impl Heap {
         match unsafe { d.push(region.chunk_base(chunk), class, idx) } {
             Pushed::Done => Ok(()),
             Pushed::Listed => {
-                region.partial(class, slot_hint()).set(chunk);
+                region.partial(class, d.home()).set(chunk);
                 Ok(())
             }
             Pushed::Emptied => {
@@ -623,6 +646,7 @@ impl Heap {
         self.count_released(chunks);
         at.region.used().release_run(at.chunk, chunks);
         lower_cursor(&at.region, SLOTS, at.chunk);
+        set_full(&at.region, false);
         Ok(())
     }
 
@@ -669,6 +693,8 @@ impl Heap {
             d.span.store(want as u32, Ordering::Relaxed);
             self.count_released(have - want);
             region.used().release_run(first + want, have - want);
+            lower_cursor(&region, SLOTS, first + want);
+            set_full(&region, false);
             true
         } else if first + want <= region.end()
             && region.used().claim_range(first + have, want - have)
@@ -744,6 +770,27 @@ fn zone_start(region: &Region, zone: usize) -> usize {
 fn zone_of(region: &Region, chunk: usize) -> usize {
     let span = region.end() - region.first();
     ((chunk - region.first()) * SLOTS / span.max(1)).min(SLOTS - 1)
+}
+
+/// Whether `region` is flagged as holding no free chunk.
+#[inline(always)]
+fn is_full(region: &Region) -> bool {
+    // ORDERING: Relaxed: a hint (see `Region::full_flag`).
+    region
+        .full_flag()
+        .is_some_and(|flag| flag.load(Ordering::Relaxed) != 0)
+}
+
+/// Flags `region` as holding no free chunk, or not; written only when it changes, so
+/// frees into a region with room leave the line shared.
+#[inline(always)]
+fn set_full(region: &Region, full: bool) {
+    if let Some(flag) = region.full_flag() {
+        // ORDERING: Relaxed (both): a hint.
+        if (flag.load(Ordering::Relaxed) != 0) != full {
+            flag.store(usize::from(full), Ordering::Relaxed);
+        }
+    }
 }
 
 /// Moves cursor `which` of `region` down to `chunk` (just freed), if it is above it.

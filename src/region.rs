@@ -116,18 +116,25 @@ const fn summary_words(chunks: usize) -> usize {
 /// Bytes of metadata for a region of `chunks` chunks, and where the descriptors start.
 #[inline(always)]
 const fn layout(chunks: usize) -> (usize, usize) {
-    let words = cursors_at(chunks) + CURSORS;
+    let words = cursors_at(chunks) + CURSORS * CURSOR_STRIDE;
     let desc_at = (words * size_of::<AtomicUsize>()).next_multiple_of(align_of::<Desc>());
     (desc_at + chunks * size_of::<Desc>(), desc_at)
 }
 
-/// Search cursors per region: one per slot hint for single chunks, one for runs.
-pub(crate) const CURSORS: usize = LISTS + 1;
+/// Search cursors per region: one per slot hint for single chunks, one for runs, and
+/// the "no free chunk" flag (`Region::full_flag`).
+pub(crate) const CURSORS: usize = LISTS + 2;
+
+/// Words from one cursor to the next: a cache line each, so threads searching different
+/// zones do not write one line.
+const CURSOR_STRIDE: usize = 64 / size_of::<AtomicUsize>();
 
 /// The word (of the metadata) where the cursors of a region of `chunks` chunks start.
 #[inline(always)]
 const fn cursors_at(chunks: usize) -> usize {
-    Bitmap::words_for(chunks) * MAPS + summary_words(chunks) * (MAPS - 1)
+    // On a line of their own (the region's base is chunk-aligned).
+    (Bitmap::words_for(chunks) * MAPS + summary_words(chunks) * (MAPS - 1))
+        .next_multiple_of(CURSOR_STRIDE)
 }
 
 /// Chunks the metadata of a region of `chunks` chunks takes from its front.
@@ -224,7 +231,7 @@ impl Region {
     /// - as for [`Region::init`].
     #[cfg(loom)]
     unsafe fn init_loom(&self, desc_at: usize) {
-        let words = cursors_at(self.n) + CURSORS;
+        let words = cursors_at(self.n) + CURSORS * CURSOR_STRIDE;
         for i in 0..words {
             let p = self
                 .base
@@ -319,11 +326,19 @@ impl Region {
         }
         let p = self
             .base
-            .wrapping_add((cursors_at(self.n) + which) * size_of::<AtomicUsize>())
+            .wrapping_add((cursors_at(self.n) + which * CURSOR_STRIDE) * size_of::<AtomicUsize>())
             .cast::<AtomicUsize>();
         // SAFETY: `Region::new`'s contract: the cursors are initialised words of the
         // metadata area (`layout`), aligned, shared only through atomics.
         Some(unsafe { &*p })
+    }
+
+    /// Nonzero when a search found no free chunk in the region and none has been freed
+    /// since: searches pass the region by (see `heap.rs`). Only a hint: any value is
+    /// safe, since a search that would otherwise fail looks at every region anyway.
+    #[inline(always)]
+    pub(crate) fn full_flag(&self) -> Option<&AtomicUsize> {
+        self.cursor(LISTS + 1)
     }
 
     /// The descriptor of chunk `chunk` (`chunk < end()`).
