@@ -111,6 +111,9 @@ impl<'a> Bitmap<'a> {
     /// word `wi` was set.
     #[inline(always)]
     fn summarize(&self, wi: usize) {
+        if self.summary.is_empty() {
+            return; // a map searched directly
+        }
         if let Some(s) = self.summary.get(wi / W) {
             // ORDERING: Release pairs with the AcqRel clear in `unsummarize`: whoever
             // clears this summary bit after us sees our bit in the word.
@@ -126,6 +129,8 @@ impl<'a> Bitmap<'a> {
     /// Clears word `wi`'s summary bit after the caller emptied the word, unless the
     /// word has meanwhile been set again (see the module docs); and the top bit above,
     /// if that emptied its summary word.
+    #[cold]
+    #[inline(never)]
     fn unsummarize(&self, wi: usize) {
         let Some(s) = self.summary.get(wi / W) else {
             return;
@@ -164,6 +169,7 @@ impl<'a> Bitmap<'a> {
 
     /// Sets bit `i`. Release: publishes what the setter wrote before it (a retired
     /// chunk's reset descriptor, or a chunk's partial state) to the Acquire claimer.
+    #[inline(always)]
     pub(crate) fn set(&self, i: usize) {
         if let Some(w) = self.word(i) {
             // ORDERING: Release pairs with the Acquire in `take_any`/`claim_*`.
@@ -179,7 +185,7 @@ impl<'a> Bitmap<'a> {
             let m = 1 << (i % W);
             // ORDERING: Release pairs with the Acquire CAS in `claim_one`/`claim_run`.
             let old = w.fetch_and(!m, Ordering::Release);
-            if old & m != 0 && old & !m == 0 {
+            if old & m != 0 && old & !m == 0 && !self.summary.is_empty() {
                 self.unsummarize(i / W);
             }
         }
@@ -208,6 +214,7 @@ impl<'a> Bitmap<'a> {
 
     /// Takes any set bit, clearing it; returns its index. With a summary, only words
     /// whose summary bit is set are read.
+    #[inline(always)]
     pub(crate) fn take_any(&self) -> Option<usize> {
         if self.summary.is_empty() {
             return (0..self.words.len()).find_map(|wi| self.take_in(wi));
@@ -236,6 +243,7 @@ impl<'a> Bitmap<'a> {
     }
 
     /// Takes any set bit of word `wi`.
+    #[inline(always)]
     fn take_in(&self, wi: usize) -> Option<usize> {
         let w = self.words.get(wi)?;
         // ORDERING: Relaxed scan; the Acquire RMW below is what synchronizes.
@@ -248,7 +256,7 @@ impl<'a> Bitmap<'a> {
             let old = w.fetch_and(!m, Ordering::Acquire);
             let idx = wi * W + bit;
             if old & m != 0 {
-                if old & !m == 0 {
+                if old & !m == 0 && !self.summary.is_empty() {
                     self.unsummarize(wi);
                 }
                 if idx < self.len {

@@ -95,7 +95,18 @@ impl Memory<'_> {
     #[cold]
     #[inline(never)]
     fn resolve_elsewhere_slow(&self, ptr: *const u8) -> Block {
-        if let Some((region, chunk, offset)) = self.regions.find_other(ptr) {
+        self.resolve_found(ptr, self.regions.find_other(ptr))
+    }
+
+    /// What `ptr` names, given where in the regions other than the inline heap it was
+    /// found (`Regions::find_other`'s answer).
+    #[inline(always)]
+    pub(crate) fn resolve_found(
+        &self,
+        ptr: *const u8,
+        found: Option<(Region, usize, usize)>,
+    ) -> Block {
+        if let Some((region, chunk, offset)) = found {
             return Block::at(Place {
                 region,
                 chunk,

@@ -584,14 +584,29 @@ impl Heap {
             if let Some(class) = block::small_at(home, chunk, offset) {
                 return self.free_small(mem, home, chunk, offset, class);
             }
+            return self.free_resolved_slow(mem, ptr);
         }
-        self.free_resolved_slow(mem, ptr)
+        self.free_elsewhere_slow(mem, ptr)
     }
 
     #[cold]
     #[inline(never)]
     fn free_resolved_slow(&self, mem: &Memory, ptr: *mut u8) -> Result<(), Refused> {
         self.free(mem, mem.resolve(ptr))
+    }
+
+    /// A free of a pointer outside the inline heap: a small block of another region is
+    /// freed from registers, as on the inline heap; anything else through its `Block`.
+    #[cold]
+    #[inline(never)]
+    fn free_elsewhere_slow(&self, mem: &Memory, ptr: *mut u8) -> Result<(), Refused> {
+        let found = mem.regions.find_other(ptr);
+        if let Some((region, chunk, offset)) = found {
+            if let Some(class) = block::small_at(&region, chunk, offset) {
+                return self.free_small(mem, &region, chunk, offset, class);
+            }
+        }
+        self.free(mem, mem.resolve_found(ptr, found))
     }
 
     /// Frees the small block at `offset` of `chunk` of `region`, of `class`.
