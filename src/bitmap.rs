@@ -217,7 +217,12 @@ impl<'a> Bitmap<'a> {
     #[inline(always)]
     pub(crate) fn take_any(&self) -> Option<usize> {
         if self.summary.is_empty() {
-            return (0..self.words.len()).find_map(|wi| self.take_in(wi));
+            for (wi, w) in self.words.iter().enumerate() {
+                if let Some(idx) = self.take_word(wi, w) {
+                    return Some(idx);
+                }
+            }
+            return None;
         }
         for (ti, t) in self.top.iter().enumerate() {
             // ORDERING: Relaxed scan (all three levels); the map word's Acquire RMW
@@ -245,7 +250,12 @@ impl<'a> Bitmap<'a> {
     /// Takes any set bit of word `wi`.
     #[inline(always)]
     fn take_in(&self, wi: usize) -> Option<usize> {
-        let w = self.words.get(wi)?;
+        self.take_word(wi, self.words.get(wi)?)
+    }
+
+    /// Takes any set bit of word `w`, the map's word `wi`.
+    #[inline(always)]
+    fn take_word(&self, wi: usize, w: &AtomicUsize) -> Option<usize> {
         // ORDERING: Relaxed scan; the Acquire RMW below is what synchronizes.
         let mut cur = w.load(Ordering::Relaxed);
         while cur != 0 {

@@ -277,19 +277,38 @@ impl Heap {
         hint: usize,
         lists: core::ops::Range<usize>,
     ) -> Option<Got> {
-        for region in mem.regions.all() {
-            for k in lists.clone() {
-                while let Some(chunk) = region.partial(class, hint + k).take_any() {
-                    let Some(d) = region.desc(chunk) else {
-                        continue;
-                    };
-                    if d.claim(class) {
-                        if k != 0 {
-                            d.set_home(hint % LISTS);
-                        }
-                        if let Some(got) = self.pop_and_keep(mem, &region, class, chunk, hint) {
-                            return Some(got);
-                        }
+        // The inline heap on its own, so its geometry folds to constants (this runs for
+        // most chunk refills), then every other region.
+        if let Some(got) = self.take_listed_in(mem, mem.regions.home(), class, hint, &lists) {
+            return Some(got);
+        }
+        mem.regions
+            .all()
+            .skip(1)
+            .find_map(|region| self.take_listed_in(mem, &region, class, hint, &lists))
+    }
+
+    /// [`take_listed`](Self::take_listed) in one region.
+    #[inline(always)]
+    fn take_listed_in(
+        &self,
+        mem: &Memory,
+        region: &Region,
+        class: Class,
+        hint: usize,
+        lists: &core::ops::Range<usize>,
+    ) -> Option<Got> {
+        for k in lists.clone() {
+            while let Some(chunk) = region.partial(class, hint + k).take_any() {
+                let Some(d) = region.desc(chunk) else {
+                    continue;
+                };
+                if d.claim(class) {
+                    if k != 0 {
+                        d.set_home(hint % LISTS);
+                    }
+                    if let Some(got) = self.pop_and_keep(mem, region, class, chunk, hint) {
+                        return Some(got);
                     }
                 }
             }

@@ -107,7 +107,7 @@ const DIRECT_WORDS: usize = 32;
 /// map searched directly).
 #[inline(always)]
 const fn summary_words(chunks: usize) -> usize {
-    if Bitmap::words_for(chunks) <= DIRECT_WORDS {
+    if chunks <= DIRECT_WORDS * usize::BITS as usize {
         0
     } else {
         Bitmap::summary_words(chunks) + Bitmap::top_words(chunks)
