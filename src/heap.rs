@@ -30,7 +30,7 @@ use crate::class::{fit, Class, Fit, CHUNK, NCLASSES};
 use crate::region::{ChunkId, Region, LISTS, MAX_REGION_CHUNKS};
 use crate::report::{ErrorKind, Hook};
 use crate::source::{huge_keeps, Source};
-use crate::sync::{AtomicU32, AtomicUsize, Ordering};
+use crate::sync::{AtomicU32, Hint, Ordering};
 
 /// Active slots per class (one per partial list, so a slot hint names both).
 pub(crate) const SLOTS: usize = LISTS;
@@ -87,7 +87,7 @@ impl Slot {
 
 /// One shard of a counter, alone on its cache line.
 #[repr(align(64))]
-struct Shard(AtomicUsize);
+struct Shard(Hint);
 
 /// Why a free was refused (only ever reported; nothing is changed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +118,7 @@ pub(crate) struct Heap {
     /// and one below the truth (wrapping), and the sum exact.
     used_chunks: [Shard; SLOTS],
     /// The most chunks ever in use at once (raised only when the sum passes it).
-    peak_chunks: AtomicUsize,
+    peak_chunks: Hint,
     /// Where faults found on the way are reported (checked mode).
     hook: Hook,
 }
@@ -141,11 +141,11 @@ impl Heap {
         #[allow(clippy::declare_interior_mutable_const)]
         const CLASS: [Slot; SLOTS] = [SLOT; SLOTS];
         #[allow(clippy::declare_interior_mutable_const)]
-        const SHARD: Shard = Shard(AtomicUsize::new(0));
+        const SHARD: Shard = Shard(Hint::new(0));
         Heap {
             slots: [CLASS; NCLASSES],
             used_chunks: [SHARD; SLOTS],
-            peak_chunks: AtomicUsize::new(0),
+            peak_chunks: Hint::new(0),
             hook: Hook::new(),
         }
     }
@@ -154,8 +154,8 @@ impl Heap {
     pub(crate) fn new() -> Heap {
         Heap {
             slots: core::array::from_fn(|_| core::array::from_fn(|_| Slot(AtomicU32::new(0)))),
-            used_chunks: core::array::from_fn(|_| Shard(AtomicUsize::new(0))),
-            peak_chunks: AtomicUsize::new(0),
+            used_chunks: core::array::from_fn(|_| Shard(Hint::new(0))),
+            peak_chunks: Hint::new(0),
             hook: Hook::new(),
         }
     }
@@ -372,8 +372,8 @@ impl Heap {
     fn claim_free_near(&self, region: &Region, hint: usize) -> Option<usize> {
         let (first, end) = (region.first(), region.end());
         let cursor = region.cursor(hint % SLOTS)?;
-        // ORDERING: Relaxed (both): a hint; the used map's CAS decides.
-        let start = match cursor.load(Ordering::Relaxed) {
+        // A hint (`Hint`): the used map's CAS decides.
+        let start = match cursor.get() {
             0 => zone_start(region, hint % SLOTS),
             at => (at - 1).clamp(first, end - 1),
         };
@@ -386,7 +386,7 @@ impl Heap {
             return None;
         };
         if start != chunk {
-            cursor.store(chunk + 1, Ordering::Relaxed);
+            cursor.set(chunk + 1);
         }
         self.count_claimed(1);
         Some(chunk)
@@ -394,7 +394,7 @@ impl Heap {
 
     /// This thread's shard of `used_chunks`.
     #[inline(always)]
-    fn shard(&self) -> Option<&AtomicUsize> {
+    fn shard(&self) -> Option<&Hint> {
         self.used_chunks.get(slot_hint()).map(|shard| &shard.0)
     }
 
@@ -402,29 +402,24 @@ impl Heap {
     fn used_chunks(&self) -> usize {
         self.used_chunks
             .iter()
-            // ORDERING: Relaxed: statistics.
-            .fold(0usize, |sum, shard| {
-                sum.wrapping_add(shard.0.load(Ordering::Relaxed))
-            })
+            .fold(0usize, |sum, shard| sum.wrapping_add(shard.0.get()))
     }
 
     fn count_claimed(&self, chunks: usize) {
         if let Some(shard) = self.shard() {
-            // ORDERING: Relaxed: statistics.
-            shard.fetch_add(chunks, Ordering::Relaxed);
+            shard.add(chunks);
         }
         let now = self.used_chunks();
-        // ORDERING: Relaxed: statistics. Written only when passed, so a steady heap
-        // leaves the line shared.
-        if now > self.peak_chunks.load(Ordering::Relaxed) {
-            self.peak_chunks.fetch_max(now, Ordering::Relaxed);
+        // Written only when passed, so a steady heap leaves the line shared.
+        if now > self.peak_chunks.get() {
+            self.peak_chunks.raise_to(now);
         }
     }
 
     fn count_released(&self, chunks: usize) {
         if let Some(shard) = self.shard() {
-            // ORDERING: Relaxed: statistics (shards wrap; see `used_chunks`).
-            shard.fetch_sub(chunks, Ordering::Relaxed);
+            // Shards wrap (see `used_chunks`).
+            shard.sub(chunks);
         }
     }
 
@@ -436,12 +431,9 @@ impl Heap {
             // From the run cursor to the end, then from the start to just past it.
             let (lo, end) = (region.first(), region.end());
             let cursor = region.cursor(SLOTS)?;
-            // ORDERING: Relaxed (both): a hint; the used map's CAS decides. (Frees of
-            // spans move it down, as `retire` does the single-chunk cursors.)
-            let start = cursor
-                .load(Ordering::Relaxed)
-                .saturating_sub(1)
-                .clamp(lo, end);
+            // A hint: the used map's CAS decides. (Frees of spans move it down, as
+            // `retire` does the single-chunk cursors.)
+            let start = cursor.get().saturating_sub(1).clamp(lo, end);
             let Some(first) = used
                 .claim_run(start, end, chunks)
                 .or_else(|| used.claim_run(lo, start.saturating_add(chunks).min(end), chunks))
@@ -451,7 +443,7 @@ impl Heap {
                 }
                 return None;
             };
-            cursor.store(first + chunks + 1, Ordering::Relaxed);
+            cursor.set(first + chunks + 1);
             first
         } else {
             // Chunk `i` is aligned when `i` is `phase` modulo `step`.
@@ -763,8 +755,7 @@ impl Heap {
 
     /// The most chunks ever in use at once.
     pub(crate) fn peak_chunks(&self) -> usize {
-        // ORDERING: Relaxed: a statistic.
-        self.peak_chunks.load(Ordering::Relaxed)
+        self.peak_chunks.get()
     }
 }
 
@@ -809,10 +800,8 @@ fn zone_of(region: &Region, chunk: usize) -> usize {
 /// Whether `region` is flagged as holding no free chunk.
 #[inline(always)]
 fn is_full(region: &Region) -> bool {
-    // ORDERING: Relaxed: a hint (see `Region::full_flag`).
-    region
-        .full_flag()
-        .is_some_and(|flag| flag.load(Ordering::Relaxed) != 0)
+    // A hint (see `Region::full_flag`).
+    region.full_flag().is_some_and(|flag| flag.get() != 0)
 }
 
 /// Flags `region` as holding no free chunk, or not; written only when it changes, so
@@ -820,9 +809,8 @@ fn is_full(region: &Region) -> bool {
 #[inline(always)]
 fn set_full(region: &Region, full: bool) {
     if let Some(flag) = region.full_flag() {
-        // ORDERING: Relaxed (both): a hint.
-        if (flag.load(Ordering::Relaxed) != 0) != full {
-            flag.store(usize::from(full), Ordering::Relaxed);
+        if (flag.get() != 0) != full {
+            flag.set(usize::from(full));
         }
     }
 }
@@ -830,9 +818,9 @@ fn set_full(region: &Region, full: bool) {
 /// Moves cursor `which` of `region` down to `chunk` (just freed), if it is above it.
 fn lower_cursor(region: &Region, which: usize, chunk: usize) {
     if let Some(cursor) = region.cursor(which) {
-        // ORDERING: Relaxed (both): a hint (see `claim_free_near`).
-        if cursor.load(Ordering::Relaxed) > chunk + 1 {
-            cursor.store(chunk + 1, Ordering::Relaxed);
+        // A hint (see `claim_free_near`).
+        if cursor.get() > chunk + 1 {
+            cursor.set(chunk + 1);
         }
     }
 }

@@ -44,7 +44,7 @@ use crate::addrmap::{AddrMap, Found};
 use crate::bitmap::Bitmap;
 use crate::chunk::Desc;
 use crate::class::{Class, CHUNK, CHUNK_SHIFT, NCLASSES};
-use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::{AtomicPtr, AtomicUsize, Hint, Ordering};
 
 /// Partial-chunk lists per class. Each active slot has its own, so a thread lists the
 /// chunks it frees into under its own stack hash and takes them back from there first:
@@ -117,8 +117,8 @@ const fn summary_words(chunks: usize) -> usize {
 /// Bytes of metadata for a region of `chunks` chunks, and where the descriptors start.
 #[inline(always)]
 const fn layout(chunks: usize) -> (usize, usize) {
-    let words = cursors_at(chunks) + CURSORS * CURSOR_STRIDE;
-    let desc_at = (words * size_of::<AtomicUsize>()).next_multiple_of(align_of::<Desc>());
+    let end = cursors_at(chunks) + CURSORS * CURSOR_LINE;
+    let desc_at = end.next_multiple_of(align_of::<Desc>());
     (desc_at + chunks * size_of::<Desc>(), desc_at)
 }
 
@@ -126,16 +126,21 @@ const fn layout(chunks: usize) -> (usize, usize) {
 /// the "no free chunk" flag (`Region::full_flag`).
 pub(crate) const CURSORS: usize = LISTS + 2;
 
-/// Words from one cursor to the next: a cache line each, so threads searching different
+/// Bytes from one cursor to the next: a cache line each, so threads searching different
 /// zones do not write one line.
-const CURSOR_STRIDE: usize = 64 / size_of::<AtomicUsize>();
+const CURSOR_LINE: usize = 64;
 
-/// The word (of the metadata) where the cursors of a region of `chunks` chunks start.
+/// The number of words of the maps and their summaries, which are protocol words.
+#[inline(always)]
+const fn map_words(chunks: usize) -> usize {
+    Bitmap::words_for(chunks) * MAPS + summary_words(chunks) * (MAPS - 1)
+}
+
+/// The byte offset (in the metadata) of the cursors of a region of `chunks` chunks:
+/// past the maps, on a line of their own (the region's base is chunk-aligned).
 #[inline(always)]
 const fn cursors_at(chunks: usize) -> usize {
-    // On a line of their own (the region's base is chunk-aligned).
-    (Bitmap::words_for(chunks) * MAPS + summary_words(chunks) * (MAPS - 1))
-        .next_multiple_of(CURSOR_STRIDE)
+    (map_words(chunks) * size_of::<AtomicUsize>()).next_multiple_of(CURSOR_LINE)
 }
 
 /// Chunks the metadata of a region of `chunks` chunks takes from its front.
@@ -232,8 +237,8 @@ impl Region {
     /// - as for [`Region::init`].
     #[cfg(loom)]
     unsafe fn init_loom(&self, desc_at: usize) {
-        let words = cursors_at(self.n) + CURSORS * CURSOR_STRIDE;
-        for i in 0..words {
+        // The maps and summaries; the cursors are `Hint`s, valid when zeroed (above).
+        for i in 0..map_words(self.n) {
             let p = self
                 .base
                 .wrapping_add(i * size_of::<AtomicUsize>())
@@ -321,16 +326,17 @@ impl Region {
     /// Search cursor `which` (`< CURSORS`): where a search for free chunks last
     /// succeeded, plus one (0: none yet). Only a hint: any value is safe.
     #[inline(always)]
-    pub(crate) fn cursor(&self, which: usize) -> Option<&AtomicUsize> {
+    pub(crate) fn cursor(&self, which: usize) -> Option<&Hint> {
         if which >= CURSORS || self.n == 0 {
             return None;
         }
         let p = self
             .base
-            .wrapping_add((cursors_at(self.n) + which * CURSOR_STRIDE) * size_of::<AtomicUsize>())
-            .cast::<AtomicUsize>();
-        // SAFETY: `Region::new`'s contract: the cursors are initialised words of the
-        // metadata area (`layout`), aligned, shared only through atomics.
+            .wrapping_add(cursors_at(self.n) + which * CURSOR_LINE)
+            .cast::<Hint>();
+        // SAFETY: `Region::new`'s contract: the cursors are initialised (zeroed) words
+        // of the metadata area (`layout`), aligned (a line each), shared only through
+        // atomics.
         Some(unsafe { &*p })
     }
 
@@ -338,7 +344,7 @@ impl Region {
     /// since: searches pass the region by (see `heap.rs`). Only a hint: any value is
     /// safe, since a search that would otherwise fail looks at every region anyway.
     #[inline(always)]
-    pub(crate) fn full_flag(&self) -> Option<&AtomicUsize> {
+    pub(crate) fn full_flag(&self) -> Option<&Hint> {
         self.cursor(LISTS + 1)
     }
 

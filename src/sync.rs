@@ -237,6 +237,45 @@ impl AtomicPtr {
     }
 }
 
+/// A word whose value is only a hint or a statistic: a search cursor, a "region full"
+/// flag, a counter. Any value it holds is safe for every reader (each use says why),
+/// so it takes part in no protocol: it is `core`'s atomic even under loom, whose models
+/// then explore only the words the protocols rest on, and the step hook does not see
+/// it. All accesses are Relaxed.
+#[repr(transparent)]
+pub(crate) struct Hint(core::sync::atomic::AtomicUsize);
+
+impl Hint {
+    pub(crate) const fn new(v: usize) -> Self {
+        Hint(core::sync::atomic::AtomicUsize::new(v))
+    }
+    #[inline(always)]
+    pub(crate) fn get(&self) -> usize {
+        // ORDERING: Relaxed: a hint (see the type's docs).
+        self.0.load(Ordering::Relaxed)
+    }
+    #[inline(always)]
+    pub(crate) fn set(&self, v: usize) {
+        // ORDERING: Relaxed: a hint.
+        self.0.store(v, Ordering::Relaxed)
+    }
+    #[inline(always)]
+    pub(crate) fn add(&self, v: usize) {
+        // ORDERING: Relaxed: a statistic.
+        self.0.fetch_add(v, Ordering::Relaxed);
+    }
+    #[inline(always)]
+    pub(crate) fn sub(&self, v: usize) {
+        // ORDERING: Relaxed: a statistic.
+        self.0.fetch_sub(v, Ordering::Relaxed);
+    }
+    #[inline(always)]
+    pub(crate) fn raise_to(&self, v: usize) {
+        // ORDERING: Relaxed: a statistic.
+        self.0.fetch_max(v, Ordering::Relaxed);
+    }
+}
+
 /// A cell holding an optional function pointer (the error hook), kept as a pointer so
 /// that calling it keeps provenance. It takes part in no protocol, so it is a plain
 /// `core` atomic even under loom, and a `static` can hold it.

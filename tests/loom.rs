@@ -81,6 +81,11 @@ where
     let _serial = serial();
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(b.preemption_bound.unwrap_or(BASE_BOUND) + extra);
+    // A slow path that claims a region's chunk (the registry, the address map, the
+    // region's maps) takes a few hundred atomic steps: the default bound of 1000
+    // branches per execution was too tight for the claim model once the address map
+    // joined it. Spin loops would still be caught, at ten times the cost.
+    b.max_branches = 10_000;
     let runs = std::sync::Arc::new(AtomicUsize::new(0));
     let counter = runs.clone();
     let start = std::time::Instant::now();
