@@ -243,11 +243,18 @@ impl AtomicPtr {
 /// then explore only the words the protocols rest on, and the step hook does not see
 /// it. All accesses are Relaxed.
 #[repr(transparent)]
-pub(crate) struct Hint(core::sync::atomic::AtomicUsize);
+pub(crate) struct Hint(HintWord);
+
+/// What a [`Hint`] is made of: `core`'s word, or `portable-atomic`'s on targets without
+/// CAS (never loom's).
+#[cfg(not(feature = "portable-atomic"))]
+type HintWord = core::sync::atomic::AtomicUsize;
+#[cfg(feature = "portable-atomic")]
+type HintWord = portable_atomic::AtomicUsize;
 
 impl Hint {
     pub(crate) const fn new(v: usize) -> Self {
-        Hint(core::sync::atomic::AtomicUsize::new(v))
+        Hint(HintWord::new(v))
     }
     #[inline(always)]
     pub(crate) fn get(&self) -> usize {
