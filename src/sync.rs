@@ -358,10 +358,11 @@ pub(crate) fn thread_hint() -> usize {
 #[inline(always)]
 fn rseq_cpu() -> Option<usize> {
     let cpu: i32;
-    // SAFETY: reads only: the GOT slot of `__rseq_offset` (null when the weak symbol is
-    // missing, then nothing else is read), the variable itself (glibc's, immutable
-    // after start-up), and the `cpu_id` field of this thread's rseq area, which glibc
-    // places at that offset from the thread pointer (`fs`) in every thread's TCB.
+    // The asm only reads: the GOT slot of `__rseq_offset` (null when the weak symbol is
+    // missing, then nothing else is read), the variable itself (glibc's, fixed after
+    // start-up), and the `cpu_id` field of this thread's rseq area, at that offset from
+    // the thread pointer (`fs`) in every thread's TCB.
+    // SAFETY: reads of memory glibc keeps valid for the thread's life (above).
     unsafe {
         core::arch::asm!(
             // `__rseq_offset` may be missing (an older glibc): bind it weakly.
