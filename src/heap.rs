@@ -27,6 +27,7 @@
 use crate::block::{self, Block, Memory, Place};
 use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS, SPAN_TAIL_CLASS};
 use crate::class::{fit, Class, Fit, CHUNK, NCLASSES};
+use crate::percpu::{Caches, Popped, Stored};
 use crate::region::{ChunkId, Region, LISTS, MAX_REGION_CHUNKS};
 use crate::report::{ErrorKind, Hook};
 use crate::source::{huge_keeps, Source};
@@ -121,7 +122,12 @@ pub(crate) struct Heap {
     peak_chunks: Hint,
     /// Where faults found on the way are reported (checked mode).
     hook: Hook,
+    /// The per-CPU caches in front of the slots (feature `percpu`; else nothing).
+    cache: Caches,
 }
+
+/// The most blocks a refill moves from a chunk to a magazine at once.
+const MAX_BATCH: usize = 64;
 
 /// The slot to try first (and the partial list to use): the CPU, or a hash of the
 /// stack address, so no TLS and no initialisation (see `sync::thread_hint`).
@@ -147,6 +153,7 @@ impl Heap {
             used_chunks: [SHARD; SLOTS],
             peak_chunks: Hint::new(0),
             hook: Hook::new(),
+            cache: Caches::new(),
         }
     }
 
@@ -157,6 +164,7 @@ impl Heap {
             used_chunks: core::array::from_fn(|_| Shard(Hint::new(0))),
             peak_chunks: Hint::new(0),
             hook: Hook::new(),
+            cache: Caches::new(),
         }
     }
 
@@ -165,14 +173,55 @@ impl Heap {
         &self.hook
     }
 
+    /// The per-CPU caches.
+    pub(crate) fn cache(&self) -> &Caches {
+        &self.cache
+    }
+
     /// Allocates `size` bytes at `align`, from the source's huge mappings or the
     /// regions' chunks.
     #[inline(always)]
     pub(crate) fn alloc(&self, mem: &Memory, size: usize, align: usize) -> Option<Got> {
-        match fit(size, align)? {
+        let fit = fit(size, align)?;
+        let got = match fit {
+            Fit::Small(class) => self.alloc_small(mem, class),
+            Fit::Span(chunks) => self.alloc_large_slow(mem, size, align, chunks),
+        };
+        match got {
+            Some(got) => Some(got),
+            None => self.alloc_after_drain_slow(mem, size, align, fit),
+        }
+    }
+
+    /// The heap answered null: if the per-CPU caches held blocks, they are back in their
+    /// chunks now (I9), so try once more.
+    #[cold]
+    #[inline(never)]
+    fn alloc_after_drain_slow(
+        &self,
+        mem: &Memory,
+        size: usize,
+        align: usize,
+        fit: Fit,
+    ) -> Option<Got> {
+        if self.drain(mem) == 0 {
+            return None;
+        }
+        match fit {
             Fit::Small(class) => self.alloc_small(mem, class),
             Fit::Span(chunks) => self.alloc_large_slow(mem, size, align, chunks),
         }
+    }
+
+    /// Gives every block parked in the per-CPU caches back to its chunk. Returns how
+    /// many.
+    pub(crate) fn drain(&self, mem: &Memory) -> usize {
+        self.cache.drain(|block, _| self.give_back(mem, block))
+    }
+
+    /// Turns the per-CPU caches off for good, giving their blocks back.
+    pub(crate) fn disable_cache(&self, mem: &Memory) -> usize {
+        self.cache.disable(|block, _| self.give_back(mem, block))
     }
 
     #[inline(always)]
@@ -182,11 +231,159 @@ impl Heap {
 
     #[inline(always)]
     fn alloc_small(&self, mem: &Memory, class: Class) -> Option<Got> {
+        match self.cache.pop(class) {
+            Popped::Block(block) => return self.cached_block(mem, class, block),
+            Popped::Empty => return self.refill_slow(mem, class),
+            Popped::Untried => self.start_cache_slow(mem),
+            Popped::Bypass => {}
+        }
+        self.alloc_shared(mem, class)
+    }
+
+    /// The shared path: this thread's slot, then everything else.
+    #[inline(always)]
+    fn alloc_shared(&self, mem: &Memory, class: Class) -> Option<Got> {
         let hint = slot_hint();
         if let Some(got) = self.pop_from_slot(mem, class, hint) {
             return Some(got);
         }
         self.alloc_small_slow(mem, class, hint)
+    }
+
+    /// A block popped from a magazine. Checked mode marks it handed out again (blocks
+    /// parked in a magazine are marked free).
+    #[inline(always)]
+    fn cached_block(&self, mem: &Memory, class: Class, block: *mut u8) -> Option<Got> {
+        #[cfg(feature = "checked")]
+        if !self.mark_live_slow(mem, block) {
+            // Handed out twice would break I1: keep it back (reported) and go on.
+            return self.alloc_shared(mem, class);
+        }
+        let _ = (mem, class);
+        Some((block, false))
+    }
+
+    /// Checked mode: marks `block`, taken from a magazine, live; `false` (reported) if it
+    /// already was.
+    #[cfg(feature = "checked")]
+    #[cold]
+    #[inline(never)]
+    fn mark_live_slow(&self, mem: &Memory, block: *mut u8) -> bool {
+        let ok = match mem.resolve(block) {
+            Block::Small { at, class } => at
+                .desc()
+                .is_some_and(|d| d.mark_live((at.offset >> class.shift()) as u32)),
+            _ => false,
+        };
+        if !ok {
+            self.hook.report(ErrorKind::Corrupted, block);
+        }
+        ok
+    }
+
+    /// Sets the per-CPU caches up (once, on the first call that finds them untried).
+    #[cold]
+    #[inline(never)]
+    fn start_cache_slow(&self, mem: &Memory) {
+        self.cache.start_slow(heap_bytes(mem.regions.home()));
+    }
+
+    /// This CPU's magazine is empty: take a batch of blocks from one chunk (two RMWs
+    /// for the batch: the slot swap and the CAS back), hand out the first and park the
+    /// rest.
+    #[cold]
+    #[inline(never)]
+    fn refill_slow(&self, mem: &Memory, class: Class) -> Option<Got> {
+        let mut batch = [core::ptr::null_mut(); MAX_BATCH];
+        let want = self.cache.batch(class).clamp(1, MAX_BATCH);
+        let (n, zero) = self.take_batch(mem, class, batch.get_mut(..want)?);
+        let (&first, rest) = batch.get(..n)?.split_first()?;
+        for &block in rest {
+            // Migrated to a CPU whose magazine is full, or a drain began: give it back.
+            if self.cache.push(class, block) != Stored::Cached {
+                self.give_back(mem, block);
+            }
+        }
+        Some((first, zero))
+    }
+
+    /// Fills `out` with blocks of `class`, as many as one chunk gives: from this
+    /// thread's slot's chunk, else one block from the shared path. Returns how many, and
+    /// whether the first is known to be zero. Checked mode marks only the first live
+    /// (the rest are parked, marked free).
+    fn take_batch(&self, mem: &Memory, class: Class, out: &mut [*mut u8]) -> (usize, bool) {
+        let hint = slot_hint();
+        if let Some(id) = self.slot(class, hint).and_then(Slot::take) {
+            if let Some(region) = mem.regions.get(id.region()) {
+                let got = self.pop_many(mem, &region, class, id.chunk(), hint, out);
+                if got.0 > 0 {
+                    return got;
+                }
+            }
+        }
+        match (self.alloc_shared(mem, class), out.first_mut()) {
+            (Some((block, zero)), Some(first)) => {
+                *first = block;
+                (1, zero)
+            }
+            _ => (0, false),
+        }
+    }
+
+    /// Pops up to `out.len()` blocks from chunk `chunk`, which the caller owns, and
+    /// keeps the chunk in slot `slot` (unless it ran out: it is then `FULL`, no longer
+    /// ours).
+    fn pop_many(
+        &self,
+        mem: &Memory,
+        region: &Region,
+        class: Class,
+        chunk: usize,
+        slot: usize,
+        out: &mut [*mut u8],
+    ) -> (usize, bool) {
+        let Some(d) = region.desc(chunk) else {
+            return (0, false);
+        };
+        let base = region.chunk_base(chunk);
+        let mut zero = false;
+        for (n, out) in out.iter_mut().enumerate() {
+            // SAFETY: I1, we own `chunk`: it came out of a slot.
+            let Some((idx, z)) = (unsafe { d.owner_pop(base, class) }) else {
+                return (n, zero);
+            };
+            *out = base.wrapping_add((idx as usize) << class.shift());
+            if n == 0 {
+                zero = z;
+                #[cfg(feature = "checked")]
+                if !d.mark_live(idx) {
+                    self.hook.report(ErrorKind::Corrupted, *out);
+                    self.put_back(mem, region, class, chunk, slot);
+                    return (0, false);
+                }
+            }
+        }
+        self.put_back(mem, region, class, chunk, slot);
+        (out.len(), zero)
+    }
+
+    /// Gives a block that sat in a magazine (marked free in checked mode) back to its
+    /// chunk.
+    fn give_back(&self, mem: &Memory, block: *mut u8) {
+        let home = mem.regions.home();
+        if let Some((chunk, offset)) = home.locate(block) {
+            self.give_back_in(mem, home, chunk, offset);
+        } else if let Some((region, chunk, offset)) = mem.regions.find_other(block) {
+            self.give_back_in(mem, &region, chunk, offset);
+        }
+    }
+
+    fn give_back_in(&self, mem: &Memory, region: &Region, chunk: usize, offset: usize) {
+        if let Some(class) = block::small_at(region, chunk, offset) {
+            let idx = (offset >> class.shift()) as u32;
+            // A parked block is live to its chunk: this push cannot be refused.
+            let _ = self.push_to_chunk(mem, region, chunk, class, idx);
+        }
     }
 
     /// Takes slot `slot`'s chunk, pops a block and puts the chunk back.
@@ -498,6 +695,12 @@ impl Heap {
                 return Some(got);
             }
         }
+        // Before the heap grows, blocks parked in the per-CPU caches go back (I9).
+        if self.drain(mem) > 0 {
+            if let Some(got) = any(self, true) {
+                return Some(got);
+            }
+        }
         // Others may take a new region's chunks before we do (we may be preempted, or
         // interrupted by a handler that allocates, right after mapping it): then look
         // everywhere again and grow again. Each round someone else made progress, and
@@ -630,12 +833,59 @@ impl Heap {
         offset: usize,
         class: Class,
     ) -> Result<(), Refused> {
-        let d = region.desc(chunk).ok_or(Refused::Invalid)?;
         let idx = (offset >> class.shift()) as u32;
         #[cfg(feature = "checked")]
-        if !d.mark_freed(idx) {
+        if !region.desc(chunk).ok_or(Refused::Invalid)?.mark_freed(idx) {
             return Err(Refused::DoubleFree);
         }
+        let block = region.chunk_base(chunk).wrapping_add(offset);
+        match self.cache.push(class, block) {
+            Stored::Cached => return Ok(()),
+            Stored::Full => return self.spill_slow(mem, region, chunk, class, idx),
+            Stored::Untried => self.start_cache_slow(mem),
+            Stored::Bypass => {}
+        }
+        self.push_to_chunk(mem, region, chunk, class, idx)
+    }
+
+    /// This CPU's magazine is full for `class`: give half of it back to the chunks, then
+    /// park the block being freed (block `idx` of `chunk`).
+    #[cold]
+    #[inline(never)]
+    fn spill_slow(
+        &self,
+        mem: &Memory,
+        region: &Region,
+        chunk: usize,
+        class: Class,
+        idx: u32,
+    ) -> Result<(), Refused> {
+        for _ in 0..self.cache.batch(class) {
+            match self.cache.pop(class) {
+                Popped::Block(block) => self.give_back(mem, block),
+                _ => break,
+            }
+        }
+        let block = region
+            .chunk_base(chunk)
+            .wrapping_add((idx as usize) << class.shift());
+        if self.cache.push(class, block) == Stored::Cached {
+            return Ok(());
+        }
+        self.push_to_chunk(mem, region, chunk, class, idx)
+    }
+
+    /// Returns block `idx` of `chunk` (of `class`), which the caller owns, to the chunk.
+    #[inline(always)]
+    fn push_to_chunk(
+        &self,
+        mem: &Memory,
+        region: &Region,
+        chunk: usize,
+        class: Class,
+        idx: u32,
+    ) -> Result<(), Refused> {
+        let d = region.desc(chunk).ok_or(Refused::Invalid)?;
         // SAFETY: the caller frees a block it owns; `class` is its chunk's class
         // (resolved from the anchor, which cannot change while the block is live).
         match unsafe { d.push(region.chunk_base(chunk), class, idx) } {

@@ -66,6 +66,17 @@ pub(crate) fn stats(heap: &Heap, mem: &Memory) -> Stats {
             }
         }
     }
+    // Blocks parked in the per-CPU caches are live to their chunks, free to the user.
+    for ((class, out), cached) in Class::all()
+        .zip(s.classes.iter_mut())
+        .zip(heap.cache().cached())
+    {
+        let cached = cached.min(out.blocks_in_use);
+        out.blocks_in_use -= cached;
+        out.blocks_cached = cached;
+        s.bytes_in_use -= cached * class.size();
+        s.cached_bytes += cached * class.size();
+    }
     s.chunks_free = s.chunks_total - s.chunks_used.min(s.chunks_total);
     let counts = mem.source.counts();
     s.mapped_bytes = counts.mapped_bytes;

@@ -24,6 +24,7 @@ mod heap;
 mod inspect;
 mod mapped; // feature `mmap`
 mod os; // feature `mmap`
+mod percpu; // feature `percpu`
 mod region;
 mod report;
 mod source;
@@ -51,6 +52,24 @@ pub use sync::break_ownership;
 #[cfg(feature = "hooks")]
 #[doc(hidden)]
 pub use sync::{set_step_hook, Step};
+
+/// Per-CPU caches per allocator (feature `percpu`; 0 where they are not built).
+/// Threads on CPUs (or `mm_cid`s) from this number up take the shared path.
+pub const PERCPU_CACHES: usize = percpu::MAGS;
+
+/// Tests: restartable sequences aborted so far, process-wide (0 without live caches).
+#[doc(hidden)]
+pub fn percpu_aborts() -> u64 {
+    percpu::aborts()
+}
+
+/// Tests (`hooks`): a busy loop of `spins` iterations inside every per-CPU cache
+/// sequence, so that preemptions and signals land inside them.
+#[cfg(feature = "hooks")]
+#[doc(hidden)]
+pub fn set_percpu_delay(spins: u64) {
+    percpu::set_delay(spins);
+}
 
 /// The default heap: 2 MiB, like AO_malloc's.
 pub const DEFAULT_HEAP: usize = 2 << 20;
@@ -197,8 +216,43 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     /// bytes given back: always 0 without the `mmap` feature, since the inline heap and
     /// claimed RAM are not the OS's. Lock-free, like the rest, but it walks every
     /// mapped region.
+    ///
+    /// With the `percpu` feature it first gives the blocks parked in the per-CPU caches
+    /// back to their chunks.
     pub fn trim(&self) -> usize {
-        self.source.trim(&self.memory().regions)
+        let mem = self.memory();
+        self.heap.drain(&mem);
+        self.source.trim(&mem.regions)
+    }
+
+    /// Whether the per-CPU caches are set up and in use (feature `percpu`): they set
+    /// themselves up on the first allocation or free, where the C library registered
+    /// an rseq area for the thread and `membarrier` offers its rseq fence (Linux 5.10+,
+    /// glibc 2.35+, x86_64). Always `false` elsewhere and without the feature.
+    pub fn percpu_active(&self) -> bool {
+        self.heap.cache().active()
+    }
+
+    /// Turns the per-CPU caches off for good, at run time, and gives every block parked
+    /// in them back: afterwards every call takes the shared path. The switch for a
+    /// system where restartable sequences misbehave (see the README). Lock-free; may be
+    /// called from any thread or handler.
+    pub fn disable_percpu(&self) {
+        self.heap.disable_cache(&self.memory());
+    }
+
+    /// Gives every block parked in the per-CPU caches back to its chunk now, and
+    /// returns how many there were (`trim` does this too; so does any allocation that
+    /// would otherwise grow the heap or fail).
+    pub fn drain_percpu(&self) -> usize {
+        self.heap.drain(&self.memory())
+    }
+
+    /// Tests: use only the first `n` per-CPU caches (threads whose CPU id is `n` or more
+    /// take the shared path).
+    #[doc(hidden)]
+    pub fn set_percpu_limit(&self, n: usize) {
+        self.heap.cache().set_limit(n);
     }
 
     /// Checked mode: installs `hook` to hear of every refused call (`None` removes it).

@@ -22,6 +22,9 @@ pub struct ClassStats {
     pub blocks_in_use: usize,
     /// Free blocks inside this class's chunks.
     pub blocks_free: usize,
+    /// Free blocks parked in the per-CPU caches (feature `percpu`; not counted in
+    /// `blocks_in_use` nor in `blocks_free`).
+    pub blocks_cached: usize,
 }
 
 /// A snapshot of the allocator's state, from [`SigAlloc::stats`](crate::SigAlloc::stats).
@@ -59,6 +62,9 @@ pub struct Stats {
     pub huge_bytes: usize,
     /// Bytes of free chunks given back to the OS so far (feature `mmap`).
     pub released_bytes: usize,
+    /// Bytes of free blocks parked in the per-CPU caches (feature `percpu`; not counted
+    /// in `bytes_in_use`). `SigAlloc::trim` gives them back to their chunks.
+    pub cached_bytes: usize,
 }
 
 impl fmt::Display for Stats {
@@ -75,6 +81,13 @@ impl fmt::Display for Stats {
             self.spans,
             self.span_chunks
         )?;
+        if self.cached_bytes > 0 {
+            writeln!(
+                f,
+                "  {} KiB parked in per-CPU caches",
+                self.cached_bytes / 1024
+            )?;
+        }
         if self.regions > 0 || self.huge_mappings > 0 || self.released_bytes > 0 {
             writeln!(
                 f,
@@ -91,8 +104,8 @@ impl fmt::Display for Stats {
         for c in self.classes.iter().filter(|c| c.chunks > 0) {
             writeln!(
                 f,
-                "  {:>5} B: {:>4} chunks, {:>7} blocks in use, {:>7} free",
-                c.block_size, c.chunks, c.blocks_in_use, c.blocks_free
+                "  {:>5} B: {:>4} chunks, {:>7} blocks in use, {:>7} free, {:>5} cached",
+                c.block_size, c.chunks, c.blocks_in_use, c.blocks_free, c.blocks_cached
             )?;
         }
         Ok(())
@@ -119,15 +132,15 @@ impl fmt::Display for Json<'_> {
         )?;
         write!(
             f,
-            "\"regions\":{},\"claimed_bytes\":{},\"mapped_regions\":{},\"mapped_bytes\":{},\"huge_mappings\":{},\"huge_bytes\":{},\"released_bytes\":{},\"classes\":[",
-            s.regions, s.claimed_bytes, s.mapped_regions, s.mapped_bytes, s.huge_mappings, s.huge_bytes, s.released_bytes
+            "\"regions\":{},\"claimed_bytes\":{},\"mapped_regions\":{},\"mapped_bytes\":{},\"huge_mappings\":{},\"huge_bytes\":{},\"released_bytes\":{},\"cached_bytes\":{},\"classes\":[",
+            s.regions, s.claimed_bytes, s.mapped_regions, s.mapped_bytes, s.huge_mappings, s.huge_bytes, s.released_bytes, s.cached_bytes
         )?;
         for (i, c) in s.classes.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
             write!(
                 f,
-                "{sep}{{\"block_size\":{},\"chunks\":{},\"blocks_in_use\":{},\"blocks_free\":{}}}",
-                c.block_size, c.chunks, c.blocks_in_use, c.blocks_free
+                "{sep}{{\"block_size\":{},\"chunks\":{},\"blocks_in_use\":{},\"blocks_free\":{},\"blocks_cached\":{}}}",
+                c.block_size, c.chunks, c.blocks_in_use, c.blocks_free, c.blocks_cached
             )?;
         }
         write!(f, "]}}")

@@ -389,6 +389,16 @@ fn rseq_cpu() -> Option<usize> {
     usize::try_from(cpu).ok()
 }
 
+/// The per-CPU caches' model (miri, loom): lets other threads run while a drainer
+/// waits for the model's stand-in sequences to leave (see `percpu_model.rs`).
+#[cfg(all(feature = "percpu", any(miri, loom)))]
+pub(crate) fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
+
 /// Reads the link word of a free block: the index of the next free block.
 ///
 /// # Safety

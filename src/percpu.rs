@@ -1,0 +1,568 @@
+//! Per-CPU block caches ("magazines", feature `percpu`): a front end before the chunk
+//! layer that needs no atomic read-modify-write on a hit (I8, I9).
+//!
+//! # What a magazine is
+//! [`MAGS`] magazines, each `1 << MAG_SHIFT` bytes: one count per class, a gate word,
+//! then per class an array of up to `caps[class]` block pointers (a stack). A thread
+//! uses the magazine of the CPU it runs on (the rseq `mm_cid`, a compact id, where the
+//! kernel gives one; else `cpu_id`), read *inside* each operation.
+//!
+//! # Why a hit needs no RMW (Linux restartable sequences)
+//! A pop or push is one restartable sequence (`asm!` below): it arms the thread's rseq
+//! area, reads the CPU id, checks it and the gate, reads the count, and ends in one
+//! store that commits the new count. If the thread is preempted, migrated or signalled
+//! before that store, the kernel aborts the sequence: it resumes at an abort stub that
+//! retries from the start, and nothing was visible. So no thread, stopped anywhere, ever
+//! holds a magazine, and a signal handler may use the magazine of the CPU it
+//! interrupted (its own operations abort the interrupted one first).
+//!
+//! # Draining (I9)
+//! Only the CPU's own sequences touch a magazine, except a drainer: before the heap
+//! grows or answers null, in `trim` and in `disable`, a drainer raises every gate,
+//! calls `membarrier(PRIVATE_EXPEDITED_RSEQ)` (every sequence in flight aborts; every
+//! later one sees the gate and bypasses), takes the blocks out with a CAS per block on
+//! the count (only drainers lower it now, so it is ABA-free), gives them back to their
+//! chunks, and lowers the gates. A drainer stopped half-way leaves gates raised: those
+//! magazines are bypassed (slower), nobody waits.
+//!
+//! # Where it is live
+//! Linux, glibc 2.35 or later (its rseq area), x86_64, not under miri or loom. There,
+//! and only there, `live` below holds the asm. Under miri and loom, `model` stands in:
+//! the same layout, counts and gates, with each "sequence" a try-lock that bypasses
+//! when taken, and the membarrier a wait for sequences in flight, so the drain protocol
+//! is model-checked. Elsewhere, and without the feature, every call bypasses and the
+//! whole module folds away.
+//!
+//! Depends on: `sync`, `class`. Upholds I8, I9; I1 for blocks while they are parked
+//! (the magazine owns them; checked mode keeps them marked free).
+
+use crate::class::{Class, NCLASSES};
+
+/// What a pop from a magazine gave. (Only `Bypass` where the caches are not built.)
+#[allow(dead_code)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Popped {
+    /// A block, now the caller's.
+    Block(*mut u8),
+    /// The magazine is usable but empty: refill it.
+    Empty,
+    /// Take the shared path (no rseq on this thread, id out of range, gate raised, or
+    /// caches off).
+    Bypass,
+    /// The caches were never set up: set them up, then take the shared path.
+    Untried,
+}
+
+/// What a push into a magazine did. (Only `Bypass` where the caches are not built.)
+#[allow(dead_code)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// The block is parked in the magazine.
+    Cached,
+    /// The magazine's array for the class is full: spill some, free the block.
+    Full,
+    /// Take the shared path (as for [`Popped::Bypass`]).
+    Bypass,
+    /// As for [`Popped::Untried`].
+    Untried,
+}
+
+#[cfg(any(
+    all(
+        feature = "percpu",
+        target_os = "linux",
+        target_env = "gnu",
+        target_arch = "x86_64",
+        not(miri),
+        not(loom)
+    ),
+    all(feature = "percpu", any(miri, loom))
+))]
+mod on {
+    use super::{Class, Popped, Stored, NCLASSES};
+    use crate::sync::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+
+    /// What the rest of the crate uses.
+    pub(crate) mod api {
+        pub(crate) use super::super::cpu::aborts;
+        #[cfg(feature = "hooks")]
+        pub(crate) use super::super::cpu::set_delay;
+        pub(crate) use super::{Caches, MAGS};
+    }
+
+    /// Magazines, one per CPU id below it (ids at or above it bypass).
+    #[cfg(not(loom))]
+    pub(crate) const MAGS: usize = 16;
+    #[cfg(loom)]
+    pub(crate) const MAGS: usize = 2;
+
+    /// log2 of a magazine's size in bytes.
+    pub(super) const MAG_SHIFT: u32 = 12;
+
+    /// Blocks per class a magazine holds for a heap of 2 MiB or more: about 4 KiB of
+    /// blocks per class (at most 128), about 30 KiB per magazine in all.
+    #[cfg(not(loom))]
+    const CAP: [u32; NCLASSES] = [128, 128, 64, 32, 16, 8, 4, 2];
+    #[cfg(loom)]
+    const CAP: [u32; NCLASSES] = [2; NCLASSES];
+
+    /// Words of a magazine before its arrays: counts, gate, model lock, padding.
+    const HEADER_WORDS: usize = 8;
+    const PAD: usize = HEADER_WORDS * 2 - NCLASSES - 2;
+    /// Pointer words in a magazine.
+    #[cfg(not(loom))]
+    const SLOT_WORDS: usize = (1 << MAG_SHIFT) / 8 - HEADER_WORDS;
+    #[cfg(loom)]
+    const SLOT_WORDS: usize = 2 * NCLASSES;
+
+    /// Where class `c`'s array starts, in pointer words from the magazine's start.
+    // Evaluated at compile time only: an index out of range would fail the build.
+    #[allow(clippy::indexing_slicing)]
+    const fn array_at() -> [u32; NCLASSES] {
+        let mut at = [0u32; NCLASSES];
+        let mut next = HEADER_WORDS as u32;
+        let mut c = 0;
+        while c < NCLASSES {
+            at[c] = next;
+            next += CAP[c];
+            c += 1;
+        }
+        at
+    }
+    const ARRAY_AT: [u32; NCLASSES] = array_at();
+    static_assertions::const_assert!(
+        ARRAY_AT[NCLASSES - 1] as usize + CAP[NCLASSES - 1] as usize <= HEADER_WORDS + SLOT_WORDS
+    );
+    static_assertions::const_assert!(MAGS.is_power_of_two() && MAGS <= 1 << 16);
+
+    /// One CPU's cache. Written by that CPU's restartable sequences (plain stores), and
+    /// by drainers (CAS on `count`) only while `gate` is raised and fenced.
+    #[repr(C, align(64))]
+    pub(super) struct Magazine {
+        /// Blocks parked per class.
+        pub(super) count: [AtomicU32; NCLASSES],
+        /// Non-zero while a drainer works on this magazine (or for good, once the
+        /// caches are disabled): sequences then bypass it.
+        pub(super) gate: AtomicU32,
+        /// The model's stand-in for "a sequence is running on this CPU" (unused by the
+        /// asm, whose exclusion the kernel provides).
+        pub(super) busy: AtomicU32,
+        _pad: [u32; PAD],
+        /// The arrays, class after class (`ARRAY_AT`, as words from the magazine's start).
+        pub(super) slots: [AtomicPtr; SLOT_WORDS],
+    }
+    #[cfg(not(loom))]
+    static_assertions::const_assert_eq!(core::mem::size_of::<Magazine>(), 1 << MAG_SHIFT);
+    #[cfg(not(loom))]
+    static_assertions::const_assert_eq!(core::mem::offset_of!(Magazine, slots), HEADER_WORDS * 8);
+
+    /// `Control::field` before set-up.
+    const UNTRIED: u32 = 0;
+    /// `Control::field` when the caches are off for good (no rseq, or disabled).
+    const OFF: u32 = 1;
+
+    /// What every sequence reads besides its magazine, on one line after them.
+    #[repr(C, align(64))]
+    pub(super) struct Control {
+        /// `UNTRIED`, `OFF`, or the offset in `struct rseq` of the id that picks the
+        /// magazine (4, `cpu_id`, or 24, `mm_cid`): the caches are on.
+        pub(super) field: AtomicU32,
+        /// Ids at or above this bypass (at most `MAGS`; lowered by tests).
+        pub(super) limit: AtomicU32,
+        /// `__rseq_offset`: from the thread pointer to the thread's `struct rseq`.
+        pub(super) offset: AtomicUsize,
+        /// Blocks per class a magazine may hold, scaled to the heap at set-up.
+        pub(super) caps: [AtomicU32; NCLASSES],
+        /// `ARRAY_AT`, where the sequences can read it.
+        pub(super) arrays: [AtomicU32; NCLASSES],
+    }
+
+    /// The magazines and their control line.
+    #[repr(C)]
+    pub(crate) struct Caches {
+        pub(super) mags: [Magazine; MAGS],
+        pub(super) ctl: Control,
+    }
+
+    impl Magazine {
+        #[cfg(not(loom))]
+        const fn new() -> Magazine {
+            #[allow(clippy::declare_interior_mutable_const)]
+            const ZERO32: AtomicU32 = AtomicU32::new(0);
+            #[allow(clippy::declare_interior_mutable_const)]
+            const NULL: AtomicPtr = AtomicPtr::null();
+            Magazine {
+                count: [ZERO32; NCLASSES],
+                gate: AtomicU32::new(0),
+                busy: AtomicU32::new(0),
+                _pad: [0; PAD],
+                slots: [NULL; SLOT_WORDS],
+            }
+        }
+        #[cfg(loom)]
+        fn new() -> Magazine {
+            Magazine {
+                count: core::array::from_fn(|_| AtomicU32::new(0)),
+                gate: AtomicU32::new(0),
+                busy: AtomicU32::new(0),
+                _pad: [0; PAD],
+                slots: core::array::from_fn(|_| AtomicPtr::null()),
+            }
+        }
+
+        /// The word holding entry `n` of class `c`'s array.
+        pub(super) fn slot(&self, c: usize, n: u32) -> Option<&AtomicPtr> {
+            let at = *ARRAY_AT.get(c)? as usize + n as usize;
+            self.slots.get(at.checked_sub(HEADER_WORDS)?)
+        }
+    }
+
+    impl Caches {
+        #[cfg(not(loom))]
+        // Evaluated at compile time (a `static`'s initialiser): `c < NCLASSES`.
+        #[allow(clippy::indexing_slicing)]
+        pub(crate) const fn new() -> Caches {
+            #[allow(clippy::declare_interior_mutable_const)]
+            const MAG: Magazine = Magazine::new();
+            let mut caps = [const { AtomicU32::new(0) }; NCLASSES];
+            let mut arrays = [const { AtomicU32::new(0) }; NCLASSES];
+            let mut c = 0;
+            while c < NCLASSES {
+                caps[c] = AtomicU32::new(CAP[c]);
+                arrays[c] = AtomicU32::new(ARRAY_AT[c]);
+                c += 1;
+            }
+            Caches {
+                mags: [MAG; MAGS],
+                ctl: Control {
+                    field: AtomicU32::new(UNTRIED),
+                    limit: AtomicU32::new(MAGS as u32),
+                    offset: AtomicUsize::new(0),
+                    caps,
+                    arrays,
+                },
+            }
+        }
+
+        #[cfg(loom)]
+        pub(crate) fn new() -> Caches {
+            Caches {
+                mags: core::array::from_fn(|_| Magazine::new()),
+                ctl: Control {
+                    field: AtomicU32::new(UNTRIED),
+                    limit: AtomicU32::new(MAGS as u32),
+                    offset: AtomicUsize::new(0),
+                    caps: core::array::from_fn(|c| AtomicU32::new(CAP[c])),
+                    arrays: core::array::from_fn(|c| AtomicU32::new(ARRAY_AT[c])),
+                },
+            }
+        }
+
+        /// The id field when the caches are on (4 or 24), else `UNTRIED` or `OFF`.
+        #[inline(always)]
+        fn field(&self) -> u32 {
+            // ORDERING: Acquire pairs with the Release CAS in `start_slow`: the offset,
+            // caps and limit written before it are visible to the sequence.
+            self.ctl.field.load(Ordering::Acquire)
+        }
+
+        /// Pops a block of `class` from this CPU's magazine.
+        #[inline(always)]
+        pub(crate) fn pop(&self, class: Class) -> Popped {
+            match self.field() {
+                UNTRIED => Popped::Untried,
+                OFF => Popped::Bypass,
+                field => super::cpu::pop(self, class.id(), field),
+            }
+        }
+
+        /// Parks `block` of `class` in this CPU's magazine.
+        #[inline(always)]
+        pub(crate) fn push(&self, class: Class, block: *mut u8) -> Stored {
+            match self.field() {
+                UNTRIED => Stored::Untried,
+                OFF => Stored::Bypass,
+                field => super::cpu::push(self, class.id(), field, block),
+            }
+        }
+
+        /// How many blocks of `class` a refill fetches, and a spill gives back: half a
+        /// magazine's array, at least one.
+        pub(crate) fn batch(&self, class: Class) -> usize {
+            let cap = self
+                .ctl
+                .caps
+                .get(class.id())
+                // ORDERING: Relaxed: written once at set-up, before `field` (Release).
+                .map_or(0, |cap| cap.load(Ordering::Relaxed));
+            (cap as usize / 2).max(1)
+        }
+
+        /// Sets the caches up, once, on the first call that finds them untried: finds
+        /// this glibc's rseq area and registers for `membarrier`'s rseq fence (both
+        /// signal-safe). Racing callers each do it; the first to finish turns them on.
+        /// `heap_bytes` (the inline heap) scales the magazines down for small heaps,
+        /// so at most 1/64 of the heap is parked per magazine.
+        #[cold]
+        #[inline(never)]
+        pub(crate) fn start_slow(&self, heap_bytes: usize) {
+            if self.field() != UNTRIED {
+                return;
+            }
+            let Some((field, offset)) = super::cpu::register() else {
+                // ORDERING: Relaxed: `OFF` publishes nothing; a racing `disable` wins.
+                let _ = self.ctl.field.compare_exchange(
+                    UNTRIED,
+                    OFF,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                return;
+            };
+            let mut scale = 0;
+            while scale < 8 && (PARKED >> scale) > heap_bytes / 64 {
+                scale += 1;
+            }
+            for (cap, full) in self.ctl.caps.iter().zip(CAP) {
+                // ORDERING: Relaxed: published by the Release CAS below.
+                cap.store(full >> scale, Ordering::Relaxed);
+            }
+            // ORDERING: Relaxed: published by the Release CAS below.
+            self.ctl.offset.store(offset, Ordering::Relaxed);
+            // ORDERING: Release pairs with the Acquire in `field`. A `disable` that got
+            // here first (`OFF`) wins: the CAS fails and the caches stay off.
+            let _ = self.ctl.field.compare_exchange(
+                UNTRIED,
+                field,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+        }
+
+        /// Whether the caches are set up and on.
+        pub(crate) fn active(&self) -> bool {
+            self.field() > OFF
+        }
+
+        /// Uses only magazines `0..n` (tests: ids at or above `n` bypass).
+        pub(crate) fn set_limit(&self, n: usize) {
+            // ORDERING: Relaxed: a bound read inside every sequence; a stale one only
+            // uses a magazine that exists (it never exceeds `MAGS`).
+            self.ctl.limit.store(n.min(MAGS) as u32, Ordering::Relaxed);
+        }
+
+        /// Blocks parked per class (a snapshot).
+        pub(crate) fn cached(&self) -> [usize; NCLASSES] {
+            let mut out = [0; NCLASSES];
+            for m in &self.mags {
+                for (sum, count) in out.iter_mut().zip(&m.count) {
+                    // ORDERING: Relaxed: a statistic.
+                    *sum += count.load(Ordering::Relaxed) as usize;
+                }
+            }
+            out
+        }
+
+        /// Gives every parked block to `give_back`, then reopens the magazines. Returns
+        /// the blocks given back. Lock-free: nobody waits for a raised gate.
+        pub(crate) fn drain(&self, give_back: impl FnMut(*mut u8, Class)) -> usize {
+            if self.field() == UNTRIED || self.cached().iter().all(|&n| n == 0) {
+                // Nothing was ever parked, or nothing is now: a block parked after
+                // this look is as if parked after the drain.
+                return 0;
+            }
+            for m in &self.mags {
+                // ORDERING: Relaxed: the fence below orders it before every later
+                // sequence on every CPU (and the model's fence is SeqCst).
+                m.gate.fetch_add(1, Ordering::Relaxed);
+            }
+            let taken = if super::cpu::fence(self) {
+                self.take_all(give_back)
+            } else {
+                0
+            };
+            for m in &self.mags {
+                // ORDERING: Release pairs with the gate load of the next sequence (the
+                // asm's plain load on x86's TSO; Acquire in the model): it sees the
+                // counts our CASes lowered.
+                m.gate.fetch_sub(1, Ordering::Release);
+            }
+            taken
+        }
+
+        /// Turns the caches off for good and gives every parked block back.
+        pub(crate) fn disable(&self, give_back: impl FnMut(*mut u8, Class)) -> usize {
+            // ORDERING: AcqRel: Release stops new `start_slow`s (their CAS fails);
+            // Acquire makes a finished set-up's registration ours.
+            let was = self.ctl.field.swap(OFF, Ordering::AcqRel);
+            for m in &self.mags {
+                // ORDERING: Relaxed, as in `drain`; never lowered again.
+                m.gate.fetch_add(1, Ordering::Relaxed);
+            }
+            // Never on: nothing was parked (and membarrier may not be registered).
+            if was <= OFF || !super::cpu::fence(self) {
+                return 0;
+            }
+            self.take_all(give_back)
+        }
+
+        /// Takes every parked block out of gated, fenced magazines.
+        fn take_all(&self, mut give_back: impl FnMut(*mut u8, Class)) -> usize {
+            let mut taken = 0;
+            for m in &self.mags {
+                for class in Class::all() {
+                    let Some(count) = m.count.get(class.id()) else {
+                        continue;
+                    };
+                    loop {
+                        // ORDERING: Relaxed: the fence made every committed sequence's
+                        // stores visible, and only drainers change the count now.
+                        let n = count.load(Ordering::Relaxed);
+                        let Some(slot) = n.checked_sub(1).and_then(|top| m.slot(class.id(), top))
+                        else {
+                            break;
+                        };
+                        // ORDERING: Relaxed: as above; the entry below the count is
+                        // stable while only drainers lower the count.
+                        let block = slot.load(Ordering::Relaxed);
+                        // ORDERING: Relaxed: this CAS only decides which drainer takes
+                        // entry `n - 1` (counts only fall while gated: no ABA).
+                        if count
+                            .compare_exchange(n, n - 1, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            give_back(block, class);
+                            taken += 1;
+                        }
+                    }
+                }
+            }
+            taken
+        }
+    }
+
+    const PARKED: usize = parked_bytes();
+
+    /// The most bytes one magazine parks at full caps.
+    // Evaluated at compile time only (`PARKED`).
+    #[allow(clippy::indexing_slicing)]
+    const fn parked_bytes() -> usize {
+        let mut sum = 0;
+        let mut c = 0;
+        while c < NCLASSES {
+            sum += (CAP[c] as usize) << (crate::class::MIN_SHIFT as usize + c);
+            c += 1;
+        }
+        sum
+    }
+}
+
+#[cfg(all(
+    feature = "percpu",
+    target_os = "linux",
+    target_env = "gnu",
+    target_arch = "x86_64",
+    not(miri),
+    not(loom)
+))]
+#[path = "percpu_rseq.rs"]
+mod cpu;
+
+#[cfg(all(feature = "percpu", any(miri, loom)))]
+#[path = "percpu_model.rs"]
+mod cpu;
+
+#[cfg(any(
+    all(
+        feature = "percpu",
+        target_os = "linux",
+        target_env = "gnu",
+        target_arch = "x86_64",
+        not(miri),
+        not(loom)
+    ),
+    all(feature = "percpu", any(miri, loom))
+))]
+pub(crate) use on::api::*;
+
+/// Without live caches: every call bypasses, and the compiler folds it all away.
+#[cfg(not(any(
+    all(
+        feature = "percpu",
+        target_os = "linux",
+        target_env = "gnu",
+        target_arch = "x86_64",
+        not(miri),
+        not(loom)
+    ),
+    all(feature = "percpu", any(miri, loom))
+)))]
+mod off {
+    use super::{Class, Popped, Stored, NCLASSES};
+
+    /// What the rest of the crate uses.
+    pub(crate) mod api {
+        #[cfg(feature = "hooks")]
+        pub(crate) use super::set_delay;
+        pub(crate) use super::{aborts, Caches, MAGS};
+    }
+
+    /// No magazines.
+    pub(crate) const MAGS: usize = 0;
+
+    /// No sequence ever runs.
+    pub(crate) fn aborts() -> u64 {
+        0
+    }
+
+    /// Test builds: nothing to delay.
+    #[cfg(feature = "hooks")]
+    pub(crate) fn set_delay(_spins: u64) {}
+
+    /// No caches.
+    pub(crate) struct Caches;
+
+    impl Caches {
+        pub(crate) const fn new() -> Caches {
+            Caches
+        }
+        #[inline(always)]
+        pub(crate) fn pop(&self, _class: Class) -> Popped {
+            Popped::Bypass
+        }
+        #[inline(always)]
+        pub(crate) fn push(&self, _class: Class, _block: *mut u8) -> Stored {
+            Stored::Bypass
+        }
+        pub(crate) fn batch(&self, _class: Class) -> usize {
+            1
+        }
+        pub(crate) fn start_slow(&self, _heap_bytes: usize) {}
+        pub(crate) fn active(&self) -> bool {
+            false
+        }
+        pub(crate) fn set_limit(&self, _n: usize) {}
+        pub(crate) fn cached(&self) -> [usize; NCLASSES] {
+            [0; NCLASSES]
+        }
+        pub(crate) fn drain(&self, _give_back: impl FnMut(*mut u8, Class)) -> usize {
+            0
+        }
+        pub(crate) fn disable(&self, _give_back: impl FnMut(*mut u8, Class)) -> usize {
+            0
+        }
+    }
+}
+
+#[cfg(not(any(
+    all(
+        feature = "percpu",
+        target_os = "linux",
+        target_env = "gnu",
+        target_arch = "x86_64",
+        not(miri),
+        not(loom)
+    ),
+    all(feature = "percpu", any(miri, loom))
+)))]
+pub(crate) use off::api::*;
