@@ -2,11 +2,12 @@
 //! restartable sequences, so the drain protocol of `percpu.rs` is model-checked and its
 //! callers run under miri.
 //!
-//! A "sequence" takes its magazine's `busy` word (a try-lock: if it is taken, another
-//! thread or an interrupted caller of ours is "on that CPU", and the real sequence would
-//! have been aborted, so this one bypasses), checks the gate, and commits as the asm
-//! does. The fence waits until no sequence is inside any magazine: what
-//! `membarrier(PRIVATE_EXPEDITED_RSEQ)` achieves by aborting them. This wait exists
+//! A "sequence" enters its magazine by a CAS of the gate word from 0 to 1 (bit 0: "a
+//! sequence runs on this CPU"). It fails if a drainer raised the gate, or if another
+//! thread or an interrupted caller of ours is inside (the real sequence would have been
+//! aborted): either way this one bypasses. It then commits as the asm does and clears
+//! bit 0. The fence waits until bit 0 is clear everywhere: what
+//! `membarrier(PRIVATE_EXPEDITED_RSEQ)` achieves by aborting sequences. This wait exists
 //! only in the model; a sequence never waits.
 //!
 //! Every thread's id is `sync::thread_hint()`: 0 under loom (all threads on one
@@ -14,7 +15,7 @@
 //!
 //! Depends on: `sync` (through `percpu`), `class`.
 
-use super::on::{Caches, MAGS};
+use super::on::{Caches, Magazine, GATE_STEP, MAGS};
 use super::{Popped, Stored};
 use crate::sync::Ordering;
 
@@ -35,41 +36,39 @@ pub(super) fn register() -> Option<(u32, usize)> {
 /// Waits until no sequence is inside a magazine (see the module docs).
 pub(super) fn fence(caches: &Caches) -> bool {
     for m in &caches.mags {
-        // ORDERING: SeqCst, with the sequences' SeqCst `busy` swap and gate load: the
-        // drainer's gate raise and this load, and a sequence's `busy` and gate load,
-        // cannot both miss each other. Reading 0 (Acquire) also makes the last
-        // sequence's writes ours.
-        while m.busy.load(Ordering::SeqCst) != 0 {
+        // ORDERING: Acquire pairs with the Release in `leave`: the last sequence's
+        // writes are ours. Any sequence entering after our raise (one word: the
+        // modification order decides) fails its CAS.
+        while m.gate.load(Ordering::Acquire) & 1 != 0 {
             crate::sync::yield_now();
         }
     }
     true
 }
 
-/// The magazine this thread's sequences use, if its id is in range, with its `busy`
-/// word taken and its gate down.
-fn enter(caches: &Caches) -> Option<&super::on::Magazine> {
+/// The magazine this thread's sequences use, if its id is in range, entered (bit 0 of
+/// its gate set; no drainer's raise on it).
+fn enter(caches: &Caches) -> Option<&Magazine> {
     let id = crate::sync::thread_hint() % MAGS;
     // ORDERING: Relaxed: a bound (see `set_limit`).
-    if id as u32 >= caches.ctl.limit.load(Ordering::Relaxed) {
+    if id + caches.ctl.excluded.load(Ordering::Relaxed) as usize >= MAGS {
         return None;
     }
     let m = caches.mags.get(id)?;
-    // ORDERING: SeqCst (see `fence`).
-    if m.busy.swap(1, Ordering::SeqCst) != 0 {
-        return None;
-    }
-    // ORDERING: SeqCst (see `fence`); it also acquires the last drainer's counts.
-    if m.gate.load(Ordering::SeqCst) != 0 {
-        leave(m);
-        return None;
-    }
+    // ORDERING: Acquire pairs with the Release of the last drainer's gate drop and of
+    // the last sequence's `leave`: their counts and entries are ours.
+    m.gate
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .ok()?;
     Some(m)
 }
 
-fn leave(m: &super::on::Magazine) {
-    // ORDERING: Release pairs with the fence's load: our writes are the drainer's.
-    m.busy.store(0, Ordering::Release);
+/// Leaves an entered magazine. A drainer may have raised the gate meanwhile (by
+/// `GATE_STEP`, which keeps bit 0 ours): it waits in `fence` for this.
+fn leave(m: &Magazine) {
+    const { assert!(GATE_STEP % 2 == 0) };
+    // ORDERING: Release pairs with the fence's Acquire load: our writes are the drainer's.
+    m.gate.fetch_sub(1, Ordering::Release);
 }
 
 /// As the asm pop.
@@ -79,7 +78,7 @@ pub(super) fn pop(caches: &Caches, class: usize, _field: u32) -> Popped {
     };
     let ret = (|| {
         let count = m.count.get(class)?;
-        // ORDERING: Relaxed: the magazine is ours while `busy` is.
+        // ORDERING: Relaxed: the magazine is ours while we are entered.
         let n = count.load(Ordering::Relaxed).checked_sub(1)?;
         // ORDERING: Relaxed, as above.
         let block = m.slot(class, n)?.load(Ordering::Relaxed);
@@ -99,7 +98,7 @@ pub(super) fn push(caches: &Caches, class: usize, _field: u32, block: *mut u8) -
     };
     let ret = (|| {
         let count = m.count.get(class)?;
-        // ORDERING: Relaxed: the magazine is ours while `busy` is.
+        // ORDERING: Relaxed: the magazine is ours while we are entered.
         let n = count.load(Ordering::Relaxed);
         // ORDERING: Relaxed: written at set-up, before `field` (Release).
         if n >= caches.ctl.caps.get(class)?.load(Ordering::Relaxed) {

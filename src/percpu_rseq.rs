@@ -9,12 +9,13 @@
 //! this code outlives the call: unloading a library holding it cannot leave the kernel
 //! a stale descriptor). The body reads every id inside the range: `cpu_id` (negative
 //! when this thread is not registered: the tunable, valgrind, a raw clone) and the
-//! magazine's id, bounds-checked against `limit`, then the gate. It makes no call and
+//! magazine's id, bounds-checked against `MAGS` (less the test-only `excluded`), then
+//! the gate. It makes no call and
 //! no syscall, and writes no field the kernel owns.
 //!
 //! Depends on: `sync` (through `percpu`), `class`.
 
-use super::on::{Caches, Control, Magazine, MAG_SHIFT};
+use super::on::{Caches, Control, Magazine, MAGS, MAG_SHIFT};
 use super::{Popped, Stored};
 use core::arch::asm;
 use core::mem::offset_of;
@@ -34,7 +35,7 @@ const FENCE_RSEQ: usize = 1 << 7;
 const REGISTER_RSEQ: usize = 1 << 8;
 
 /// Where the sequences find the control line and a magazine's fields.
-const LIMIT_AT: usize = offset_of!(Caches, ctl) + offset_of!(Control, limit);
+const EXCLUDED_AT: usize = offset_of!(Caches, ctl) + offset_of!(Control, excluded);
 const CAPS_AT: usize = offset_of!(Caches, ctl) + offset_of!(Control, caps);
 const ARRAYS_AT: usize = offset_of!(Caches, ctl) + offset_of!(Control, arrays);
 const GATE_AT: usize = offset_of!(Magazine, gate);
@@ -166,8 +167,8 @@ macro_rules! pop_sequence {
         let offset = $caches.ctl.offset.load(crate::sync::Ordering::Relaxed);
         // SAFETY: I8. The sequence writes only this CPU's magazine (count and entry
         // below it, inside `Caches`), and the thread's `rseq_cs` (ours to write, per
-        // the rseq ABI). Every index is bounds-checked inside: the id against `limit`
-        // (at most `MAGS`), the count against nothing (it never exceeds the class's
+        // the rseq ABI). Every index is bounds-checked inside: the id against `MAGS`
+        // less `excluded`, the count against nothing (it never exceeds the class's
         // cap, which fits its array: `ARRAY_AT`). The kernel aborts it on preemption,
         // migration and signals, so the commit is the only visible write.
         unsafe {
@@ -202,9 +203,12 @@ macro_rules! pop_sequence {
                 "mov {id:e}, dword ptr fs:[{offset} + {cpu_id}]",
                 "test {id:e}, {id:e}",
                 "js 4f",
-                // id = the indexing id (cpu_id or mm_cid); if id >= limit: bypass
+                // id = the indexing id (cpu_id or mm_cid)
                 "mov {id:e}, dword ptr fs:[{offset} + {field}]",
-                "cmp {id:e}, dword ptr [{base} + {limit}]",
+                // if id + excluded >= MAGS: bypass (64-bit sum of two 32-bit values: no wrap)
+                "mov {n:e}, dword ptr [{base} + {excluded}]",
+                "add {n}, {id}",
+                "cmp {n}, {mags}",
                 "jae 4f",
                 // id = &mags[id]
                 "shl {id:e}, {shift}",
@@ -241,7 +245,8 @@ macro_rules! pop_sequence {
                 ret = out(reg) ret,
                 sig = const SIG,
                 cpu_id = const CPU_ID,
-                limit = const LIMIT_AT,
+                excluded = const EXCLUDED_AT,
+                mags = const MAGS,
                 shift = const MAG_SHIFT,
                 gate = const GATE_AT,
                 arrays = const ARRAYS_AT,
@@ -293,9 +298,12 @@ macro_rules! push_sequence {
                 "mov {id:e}, dword ptr fs:[{offset} + {cpu_id}]",
                 "test {id:e}, {id:e}",
                 "js 4f",
-                // id = the indexing id; if id >= limit: bypass
+                // id = the indexing id
                 "mov {id:e}, dword ptr fs:[{offset} + {field}]",
-                "cmp {id:e}, dword ptr [{base} + {limit}]",
+                // if id + excluded >= MAGS: bypass
+                "mov {n:e}, dword ptr [{base} + {excluded}]",
+                "add {n}, {id}",
+                "cmp {n}, {mags}",
                 "jae 4f",
                 // id = &mags[id]
                 "shl {id:e}, {shift}",
@@ -334,7 +342,8 @@ macro_rules! push_sequence {
                 ret = out(reg) ret,
                 sig = const SIG,
                 cpu_id = const CPU_ID,
-                limit = const LIMIT_AT,
+                excluded = const EXCLUDED_AT,
+                mags = const MAGS,
                 shift = const MAG_SHIFT,
                 gate = const GATE_AT,
                 caps = const CAPS_AT,
