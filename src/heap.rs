@@ -773,7 +773,18 @@ impl Heap {
         Some((region.chunk_base(first), zero))
     }
 
-    /// Frees `block`, resolved from the pointer the caller frees.
+    /// Parks `ptr`, a live small block of this heap allocated for `size` bytes at
+    /// `align`, in this CPU's cache, if there is room: `false` if the caller must free
+    /// it the usual way. (Unchecked mode only: it trusts the size.)
+    #[inline(always)]
+    pub(crate) fn park(&self, ptr: *mut u8, size: usize, align: usize) -> bool {
+        match fit(size, align) {
+            Some(Fit::Small(class)) => self.cache.push(class, ptr) == Stored::Cached,
+            _ => false,
+        }
+    }
+
+        /// Frees `block`, resolved from the pointer the caller frees.
     #[inline(always)]
     pub(crate) fn free(&self, mem: &Memory, block: Block) -> Result<(), Refused> {
         match block {

@@ -413,6 +413,12 @@ unsafe impl<const HEAP: usize> GlobalAlloc for SigAlloc<HEAP> {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if !report::Hook::ON {
+            // The layout names the block's class: a per-CPU cache takes it without
+            // reading its chunk (a small block's class is its layout's: `realloc` keeps
+            // a small block in place only within its class).
+            if self.heap.park(ptr, layout.size(), layout.align()) {
+                return;
+            }
             // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` is a live block of ours.
             return unsafe { self.free(ptr) };
         }
