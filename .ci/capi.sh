@@ -141,15 +141,19 @@ artifact() {
         fi
     done
     # Undefined: only libc functions, none of them an allocator; and glibc's
-    # `__rseq_offset` (2.35+), which the core reads for its CPU slot hint, bound weakly
-    # so that an older glibc loads the library too.
-    if nm -D --undefined-only "$f" | grep -w '__rseq_offset' | grep -qvE ' [vw] '; then
-        echo "$f: __rseq_offset is not a weak reference"
-        return 1
-    fi
+    # `__rseq_offset` and `__rseq_size` (2.35+), which the core reads for its CPU slot
+    # hint and its per-CPU caches, bound weakly so that an older glibc loads the
+    # library too (`getauxval` is glibc's since 2.16).
+    local sym
+    for sym in __rseq_offset __rseq_size; do
+        if nm -D --undefined-only "$f" | grep -w "$sym" | grep -qvE ' [vw] '; then
+            echo "$f: $sym is not a weak reference"
+            return 1
+        fi
+    done
     local und
     und=$(nm -D --undefined-only "$f" | awk '{print $2}' | sed 's/@.*//' |
-        grep -vxE '_ITM_deregisterTMCloneTable|_ITM_registerTMCloneTable|__gmon_start__|__cxa_finalize|__errno_location|__rseq_offset|abort|madvise|memcmp|memcpy|memmove|memset|mmap|munmap|strlen|sysconf|write|bcmp' || true)
+        grep -vxE '_ITM_deregisterTMCloneTable|_ITM_registerTMCloneTable|__gmon_start__|__cxa_finalize|__errno_location|__rseq_offset|__rseq_size|abort|getauxval|madvise|memcmp|memcpy|memmove|memset|mmap|munmap|strlen|sysconf|write|bcmp' || true)
     if [ -n "$und" ]; then
         echo "$f: unexpected undefined symbols: $und"
         return 1

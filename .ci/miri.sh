@@ -47,6 +47,9 @@ run() {
 }
 
 run "$STRICT" --lib
+# The per-CPU caches' model (feature `percpu`: plain Rust under Miri) and its unit tests,
+# with checked mode's marks on parked blocks.
+run "$STRICT" --lib --features percpu,checked
 run "$STRICT" --test contract --features checked -- heap_16k heap_64k bad_input realloc zeroed \
     every_alignment stats
 run "$STRICT" --test checked --features checked -- bad_frees

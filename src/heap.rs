@@ -27,7 +27,7 @@
 use crate::block::{self, Block, Memory, Place};
 use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS, SPAN_TAIL_CLASS};
 use crate::class::{fit, Class, Fit, CHUNK, NCLASSES};
-use crate::percpu::{Caches, Popped, Stored};
+use crate::percpu::{Caches, Popped, Stored, LIVE};
 use crate::region::{ChunkId, Region, LISTS, MAX_REGION_CHUNKS};
 use crate::report::{ErrorKind, Hook};
 use crate::source::{huge_keeps, Source};
@@ -237,6 +237,17 @@ impl Heap {
             Popped::Untried => self.start_cache_slow(mem),
             Popped::Bypass => {}
         }
+        if LIVE {
+            // With caches, a hit is the fast path: keep the rest out of its way.
+            return self.alloc_shared_slow(mem, class);
+        }
+        self.alloc_shared(mem, class)
+    }
+
+    /// [`alloc_shared`](Self::alloc_shared), out of line (a per-CPU cache missed).
+    #[cold]
+    #[inline(never)]
+    fn alloc_shared_slow(&self, mem: &Memory, class: Class) -> Option<Got> {
         self.alloc_shared(mem, class)
     }
 

@@ -340,6 +340,15 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
         }
     }
 
+    /// `GlobalAlloc::dealloc` of a block a per-CPU cache did not take.
+    #[cold]
+    #[inline(never)]
+    fn free_slow(&self, ptr: *mut u8) {
+        // SAFETY: `GlobalAlloc::dealloc`'s contract (our only caller): `ptr` is a live
+        // block of ours.
+        unsafe { self.free(ptr) }
+    }
+
     /// Frees `block`, resolved from `ptr`; reports a refusal in checked mode.
     #[inline(always)]
     fn free_block(&self, ptr: *mut u8, block: Block) {
@@ -418,6 +427,10 @@ unsafe impl<const HEAP: usize> GlobalAlloc for SigAlloc<HEAP> {
             // a small block in place only within its class).
             if self.heap.park(ptr, layout.size(), layout.align()) {
                 return;
+            }
+            if percpu::LIVE {
+                // With caches, parking is the fast path: the rest stays out of its way.
+                return self.free_slow(ptr);
             }
             // SAFETY: `GlobalAlloc::dealloc`'s contract: `ptr` is a live block of ours.
             return unsafe { self.free(ptr) };

@@ -88,6 +88,9 @@ mod on {
         #[cfg(feature = "hooks")]
         pub(crate) use super::super::cpu::set_delay;
         pub(crate) use super::{Caches, MAGS};
+        /// The caches are built: their hits are the fast path, everything else a slow
+        /// one (kept out of line).
+        pub(crate) const LIVE: bool = true;
     }
 
     /// Magazines, one per CPU id below it (ids at or above it bypass).
@@ -100,10 +103,13 @@ mod on {
     #[cfg(not(loom))]
     pub(super) const MAG_SHIFT: u32 = 12;
 
-    /// Blocks per class a magazine holds for a heap of 2 MiB or more: about 4 KiB of
-    /// blocks per class (at most 128), about 30 KiB per magazine in all.
+    /// Blocks per class a magazine holds for a heap of 2 MiB or more: 86 KiB per
+    /// magazine at most, most of it for the 256 and 512 B classes, where programs
+    /// allocate a lot (a class's count walks up and down with its frees and
+    /// allocations; a small cap makes it hit 0 or the cap, a refill or a spill, every
+    /// few dozen calls). Smaller heaps scale it down (`start_slow`).
     #[cfg(not(loom))]
-    const CAP: [u32; NCLASSES] = [128, 128, 64, 32, 16, 8, 4, 2];
+    const CAP: [u32; NCLASSES] = [128, 128, 64, 64, 48, 48, 16, 8];
     #[cfg(loom)]
     const CAP: [u32; NCLASSES] = [2; NCLASSES];
 
@@ -297,7 +303,7 @@ mod on {
         /// this glibc's rseq area and registers for `membarrier`'s rseq fence (both
         /// signal-safe). Racing callers each do it; the first to finish turns them on.
         /// `heap_bytes` (the inline heap) scales the magazines down for small heaps,
-        /// so at most 1/64 of the heap is parked per magazine.
+        /// so at most 1/16 of the heap is parked per magazine.
         #[cold]
         #[inline(never)]
         pub(crate) fn start_slow(&self, heap_bytes: usize) {
@@ -316,7 +322,7 @@ mod on {
             };
             let mut scale = 0;
             // (Loom's heaps are a few chunks; its models keep the tiny caps as they are.)
-            while cfg!(not(loom)) && scale < 8 && (PARKED >> scale) > heap_bytes / 64 {
+            while cfg!(not(loom)) && scale < 8 && (PARKED >> scale) > heap_bytes / 16 {
                 scale += 1;
             }
             // Racing set-ups write the same values.
@@ -509,6 +515,8 @@ mod off {
         #[cfg(feature = "hooks")]
         pub(crate) use super::set_delay;
         pub(crate) use super::{aborts, Caches, MAGS};
+        /// No caches: the shared path is the fast path.
+        pub(crate) const LIVE: bool = false;
     }
 
     /// No magazines.
@@ -653,5 +661,100 @@ mod loom_models {
             "\nloom model percpu_disable: {} interleavings",
             runs.load(std::sync::atomic::Ordering::Relaxed)
         );
+    }
+}
+
+/// The caches' interface on its own (natively on the live magazines where rseq runs,
+/// under miri on the model): conservation, capacity, drain and disable. A thread may
+/// migrate between two calls natively, so only what holds across CPUs is asserted.
+#[cfg(all(test, not(loom), feature = "percpu"))]
+mod tests {
+    use super::*;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    /// Blocks are only addresses here: never dereferenced.
+    fn block(i: usize) -> *mut u8 {
+        core::ptr::without_provenance_mut(i * 16)
+    }
+
+    fn caches() -> Box<Caches> {
+        let caches = Box::new(Caches::new());
+        caches.start_slow(2 << 20);
+        caches
+    }
+
+    #[test]
+    fn pushed_blocks_come_back_once_by_pop_or_drain() {
+        let caches = caches();
+        let class = Class::from_id(2).unwrap();
+        let mut parked = Vec::new();
+        let mut kept = Vec::new();
+        for i in 1..=100 {
+            match caches.push(class, block(i)) {
+                Stored::Cached => parked.push(i),
+                Stored::Full | Stored::Bypass => kept.push(i),
+                Stored::Untried => panic!("set up, yet untried"),
+            }
+        }
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            if let Popped::Block(p) = caches.pop(class) {
+                out.push(p.addr() / 16);
+            }
+        }
+        caches.drain(|p, c| {
+            assert_eq!(c, class);
+            out.push(p.addr() / 16);
+        });
+        out.sort_unstable();
+        assert_eq!(out, parked, "a parked block lost or returned twice");
+        assert!(caches.cached().iter().all(|&n| n == 0));
+        if caches.active() && !parked.is_empty() {
+            // A class's array holds its cap (64 blocks of 64 B on a 2 MiB heap).
+            assert!(parked.len() <= 64 * MAGS, "{} parked", parked.len());
+        }
+    }
+
+    #[test]
+    fn an_empty_cache_pops_nothing_and_a_full_one_refuses() {
+        let caches = caches();
+        let class = Class::from_id(7).unwrap();
+        assert!(matches!(caches.pop(class), Popped::Empty | Popped::Bypass));
+        // Two 2 KiB blocks fit a magazine at this heap size; pushing more finds it full
+        // (or, natively, another CPU's magazine after a migration).
+        let stored = (1..=40)
+            .filter(|&i| caches.push(class, block(i)) == Stored::Cached)
+            .count();
+        assert!(stored <= 2 * MAGS, "{stored} stored");
+        assert_eq!(caches.drain(|_, _| {}), stored);
+    }
+
+    #[test]
+    fn disabled_caches_bypass_and_give_everything_back() {
+        let caches = caches();
+        let class = Class::from_id(0).unwrap();
+        let stored = (1..=10)
+            .filter(|&i| caches.push(class, block(i)) == Stored::Cached)
+            .count();
+        assert_eq!(caches.disable(|_, _| {}), stored);
+        assert!(!caches.active());
+        assert_eq!(caches.push(class, block(11)), Stored::Bypass);
+        assert_eq!(caches.pop(class), Popped::Bypass);
+        assert_eq!(caches.drain(|_, _| {}), 0);
+    }
+
+    #[test]
+    fn untried_caches_say_so_and_small_heaps_park_less() {
+        let caches = Box::new(Caches::new());
+        let class = Class::from_id(0).unwrap();
+        assert_eq!(caches.pop(class), Popped::Untried);
+        assert_eq!(caches.push(class, block(1)), Stored::Untried);
+        caches.start_slow(64 << 10);
+        // 64 KiB heap: at most 1 KiB parked per magazine, so the 2 KiB class parks none.
+        if caches.active() {
+            assert_eq!(caches.batch(Class::from_id(7).unwrap()), 1);
+            assert_ne!(caches.push(Class::from_id(7).unwrap(), block(2)), Stored::Cached);
+        }
     }
 }
