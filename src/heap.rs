@@ -305,6 +305,24 @@ impl Heap {
     #[cold]
     #[inline(never)]
     fn refill_slow(&self, mem: &Memory, class: Class) -> Option<Got> {
+        // A batch another CPU spilled: no chunk touched at all.
+        if let Some(first) = self.cache.take(class, slot_hint()) {
+            // SAFETY: the batch is ours (`take` swapped it out of its slot).
+            let mut block = unsafe { crate::sync::read_next(first) };
+            let mut n = 1;
+            while !block.is_null() {
+                // SAFETY: as above; `next` is read before the block is parked, after
+                // which a handler on this CPU may hand it out.
+                let next = unsafe { crate::sync::read_next(block) };
+                if self.cache.push(class, block) != Stored::Cached {
+                    self.give_back(mem, block);
+                }
+                n += 1;
+                block = next;
+            }
+            self.cache.taken(class, n);
+            return self.cached_block(mem, class, first);
+        }
         let mut batch = [core::ptr::null_mut(); MAX_BATCH];
         let want = self.cache.batch(class).clamp(1, MAX_BATCH);
         let (n, zero) = self.take_batch(mem, class, batch.get_mut(..want)?);
@@ -795,7 +813,7 @@ impl Heap {
         }
     }
 
-        /// Frees `block`, resolved from the pointer the caller frees.
+    /// Frees `block`, resolved from the pointer the caller frees.
     #[inline(always)]
     pub(crate) fn free(&self, mem: &Memory, block: Block) -> Result<(), Refused> {
         match block {
@@ -882,10 +900,25 @@ impl Heap {
         class: Class,
         idx: u32,
     ) -> Result<(), Refused> {
+        // Half the class's blocks leave the magazine as one batch, for the transfer
+        // cache (another CPU's refill), else for their chunks.
+        let mut head = core::ptr::null_mut();
+        let mut n = 0;
         for _ in 0..self.cache.batch(class) {
-            match self.cache.pop(class) {
-                Popped::Block(block) => self.give_back(mem, block),
-                _ => break,
+            let Popped::Block(block) = self.cache.pop(class) else {
+                break;
+            };
+            // SAFETY: popped from the magazine: the block is ours, and free.
+            unsafe { crate::sync::write_next(block, head) };
+            head = block;
+            n += 1;
+        }
+        if n > 0 && !self.cache.offer(class, head, n, slot_hint()) {
+            while !head.is_null() {
+                // SAFETY: the batch is still ours (the offer failed).
+                let next = unsafe { crate::sync::read_next(head) };
+                self.give_back(mem, head);
+                head = next;
             }
         }
         let block = region

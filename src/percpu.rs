@@ -80,7 +80,7 @@ pub(crate) enum Stored {
 ))]
 mod on {
     use super::{Class, Popped, Stored, NCLASSES};
-    use crate::sync::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+    use crate::sync::{AtomicPtr, AtomicU32, AtomicUsize, Hint, Ordering};
 
     /// What the rest of the crate uses.
     pub(crate) mod api {
@@ -187,11 +187,33 @@ mod on {
         pub(super) arrays: [AtomicU32; NCLASSES],
     }
 
-    /// The magazines and their control line.
+    /// The magazines, their control line, and the transfer cache.
     #[repr(C)]
     pub(crate) struct Caches {
         pub(super) mags: [Magazine; MAGS],
         pub(super) ctl: Control,
+        transfer: Transfer,
+    }
+
+    /// Batches in the transfer cache per class.
+    #[cfg(not(loom))]
+    const BATCHES: usize = 8;
+    #[cfg(loom)]
+    const BATCHES: usize = 2;
+
+    /// Whole batches of free blocks between the magazines of different CPUs: a full
+    /// magazine spills half of a class into a batch (its blocks linked through their
+    /// first word) and puts it in an empty slot with one CAS; an empty magazine takes a
+    /// batch with one swap. So blocks freed on one CPU and allocated on another (a
+    /// producer and a consumer) travel in batches and never go back to their chunks.
+    /// A slot holds null or the first block of a batch; taking it is a swap to null,
+    /// which makes the taker the batch's only owner (no ABA: nobody compares against a
+    /// batch address). Drained with the magazines.
+    #[repr(C, align(64))]
+    struct Transfer {
+        slots: [[AtomicPtr; BATCHES]; NCLASSES],
+        /// Blocks in the batches per class (a statistic).
+        parked: [Hint; NCLASSES],
     }
 
     impl Magazine {
@@ -232,6 +254,12 @@ mod on {
             const MAG: Magazine = Magazine::new();
             #[allow(clippy::declare_interior_mutable_const)]
             const ZERO: AtomicU32 = AtomicU32::new(0);
+            #[allow(clippy::declare_interior_mutable_const)]
+            const NULL: AtomicPtr = AtomicPtr::null();
+            #[allow(clippy::declare_interior_mutable_const)]
+            const NONE: Hint = Hint::new(0);
+            #[allow(clippy::declare_interior_mutable_const)]
+            const EMPTY: [AtomicPtr; BATCHES] = [NULL; BATCHES];
             // All zero: a `static` allocator stays in `.bss` (see `Control`).
             Caches {
                 mags: [MAG; MAGS],
@@ -241,6 +269,10 @@ mod on {
                     offset: AtomicUsize::new(0),
                     caps: [ZERO; NCLASSES],
                     arrays: [ZERO; NCLASSES],
+                },
+                transfer: Transfer {
+                    slots: [EMPTY; NCLASSES],
+                    parked: [NONE; NCLASSES],
                 },
             }
         }
@@ -255,6 +287,10 @@ mod on {
                     offset: AtomicUsize::new(0),
                     caps: core::array::from_fn(|_| AtomicU32::new(0)),
                     arrays: core::array::from_fn(|_| AtomicU32::new(0)),
+                },
+                transfer: Transfer {
+                    slots: core::array::from_fn(|_| core::array::from_fn(|_| AtomicPtr::null())),
+                    parked: core::array::from_fn(|_| Hint::new(0)),
                 },
             }
         }
@@ -363,6 +399,9 @@ mod on {
         /// Blocks parked per class (a snapshot).
         pub(crate) fn cached(&self) -> [usize; NCLASSES] {
             let mut out = [0; NCLASSES];
+            for (sum, parked) in out.iter_mut().zip(&self.transfer.parked) {
+                *sum += parked.get();
+            }
             for m in &self.mags {
                 for (sum, count) in out.iter_mut().zip(&m.count) {
                     // ORDERING: Relaxed: a statistic.
@@ -372,14 +411,97 @@ mod on {
             out
         }
 
+        /// Puts a batch of `n` blocks of `class`, linked through their first word from
+        /// `head` (see `Transfer`), in an empty transfer slot, trying first the slots
+        /// after `hint`. `false` if every slot is taken: the caller keeps the batch.
+        pub(crate) fn offer(&self, class: Class, head: *mut u8, n: usize, hint: usize) -> bool {
+            let Some(slots) = self.transfer.slots.get(class.id()) else {
+                return false;
+            };
+            for k in 0..BATCHES {
+                let Some(slot) = slots.get((hint + k) % BATCHES) else {
+                    continue;
+                };
+                // ORDERING: Release pairs with the Acquire swap in `take`: our link
+                // writes are the taker's. (A load first saves the CAS on full slots.)
+                if slot.load(Ordering::Relaxed).is_null()
+                    && slot
+                        .compare_exchange(
+                            core::ptr::null_mut(),
+                            head,
+                            Ordering::Release,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    if let Some(parked) = self.transfer.parked.get(class.id()) {
+                        parked.add(n);
+                    }
+                    return true;
+                }
+            }
+            false
+        }
+
+        /// Takes a batch of `class` from the transfer cache (the slots after `hint`
+        /// first): its first block, the others linked from it; now the caller's.
+        pub(crate) fn take(&self, class: Class, hint: usize) -> Option<*mut u8> {
+            let slots = self.transfer.slots.get(class.id())?;
+            for k in 0..BATCHES {
+                let Some(slot) = slots.get((hint + k) % BATCHES) else {
+                    continue;
+                };
+                // ORDERING: Acquire pairs with the Release CAS in `offer`. (A load
+                // first saves the swap on empty slots.)
+                if slot.load(Ordering::Relaxed).is_null() {
+                    continue;
+                }
+                let head = slot.swap_null(Ordering::Acquire);
+                if !head.is_null() {
+                    return Some(head);
+                }
+            }
+            None
+        }
+
+        /// Counts `n` blocks of `class` out of the transfer cache (a statistic, kept by
+        /// whoever took their batch).
+        pub(crate) fn taken(&self, class: Class, n: usize) {
+            if let Some(parked) = self.transfer.parked.get(class.id()) {
+                parked.sub(n);
+            }
+        }
+
+        /// Empties the transfer cache into `give_back`. Returns the blocks.
+        fn take_batches(&self, give_back: &mut impl FnMut(*mut u8, Class)) -> usize {
+            let mut taken = 0;
+            for class in Class::all() {
+                let mut n = 0;
+                while let Some(mut block) = self.take(class, 0) {
+                    while !block.is_null() {
+                        // SAFETY: the batch is ours (taken by a swap); `next` is read
+                        // before the block is given away.
+                        let next = unsafe { crate::sync::read_next(block) };
+                        give_back(block, class);
+                        n += 1;
+                        block = next;
+                    }
+                }
+                self.taken(class, n);
+                taken += n;
+            }
+            taken
+        }
+
         /// Gives every parked block to `give_back`, then reopens the magazines. Returns
         /// the blocks given back. Lock-free: nobody waits for a raised gate.
-        pub(crate) fn drain(&self, give_back: impl FnMut(*mut u8, Class)) -> usize {
+        pub(crate) fn drain(&self, mut give_back: impl FnMut(*mut u8, Class)) -> usize {
             if self.field() == UNTRIED || self.cached().iter().all(|&n| n == 0) {
                 // Nothing was ever parked, or nothing is now: a block parked after
                 // this look is as if parked after the drain.
                 return 0;
             }
+            let batches = self.take_batches(&mut give_back);
             for m in &self.mags {
                 // ORDERING: Relaxed: the fence below (membarrier) orders the raise
                 // before every later sequence on every CPU. (In the model, sequences
@@ -397,11 +519,11 @@ mod on {
                 // counts our CASes lowered.
                 m.gate.fetch_sub(GATE_STEP, Ordering::Release);
             }
-            taken
+            batches + taken
         }
 
         /// Turns the caches off for good and gives every parked block back.
-        pub(crate) fn disable(&self, give_back: impl FnMut(*mut u8, Class)) -> usize {
+        pub(crate) fn disable(&self, mut give_back: impl FnMut(*mut u8, Class)) -> usize {
             // ORDERING: AcqRel: Release stops new `start_slow`s (their CAS fails);
             // Acquire makes a finished set-up's registration ours.
             let was = self.ctl.field.swap(OFF, Ordering::AcqRel);
@@ -410,10 +532,15 @@ mod on {
                 m.gate.fetch_add(GATE_STEP, Ordering::Relaxed);
             }
             // Never on: nothing was parked (and membarrier may not be registered).
-            if was <= OFF || !super::cpu::fence(self) {
+            if was <= OFF {
                 return 0;
             }
-            self.take_all(give_back)
+            // (A spill racing this may still offer a batch: the next drain takes it.)
+            let batches = self.take_batches(&mut give_back);
+            if !super::cpu::fence(self) {
+                return batches;
+            }
+            batches + self.take_all(give_back)
         }
 
         /// Takes every parked block out of gated, fenced magazines.
@@ -557,6 +684,13 @@ mod off {
         pub(crate) fn cached(&self) -> [usize; NCLASSES] {
             [0; NCLASSES]
         }
+        pub(crate) fn offer(&self, _: Class, _: *mut u8, _: usize, _: usize) -> bool {
+            false
+        }
+        pub(crate) fn take(&self, _class: Class, _hint: usize) -> Option<*mut u8> {
+            None
+        }
+        pub(crate) fn taken(&self, _class: Class, _n: usize) {}
         pub(crate) fn drain(&self, _give_back: impl FnMut(*mut u8, Class)) -> usize {
             0
         }
@@ -630,6 +764,68 @@ mod loom_models {
         });
         std::println!(
             "\nloom model percpu_drain: {} interleavings",
+            runs.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    /// A spilled batch offered to the transfer cache races a taker and a drainer:
+    /// every block comes out once, through the taker or the drain.
+    #[test]
+    fn transfer_batches_move_whole() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = runs.clone();
+        let class = Class::from_id(1).unwrap();
+        loom::model(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let caches = Arc::new(Caches::new());
+            caches.start_slow(1 << 30);
+            // Three real 16-byte blocks (the links are written into them).
+            let blocks: Vec<usize> = (0..3)
+                .map(|_| std::boxed::Box::into_raw(std::boxed::Box::new([0u64; 2])) as usize)
+                .collect();
+            let spiller = {
+                let (caches, blocks) = (caches.clone(), blocks.clone());
+                loom::thread::spawn(move || {
+                    let mut head = core::ptr::null_mut();
+                    for &b in &blocks[..2] {
+                        // SAFETY: our block, built into a batch before it is offered.
+                        unsafe { crate::sync::write_next(b as *mut u8, head) };
+                        head = b as *mut u8;
+                    }
+                    caches.offer(class, head, 2, 0)
+                })
+            };
+            let taker = {
+                let caches = caches.clone();
+                loom::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    if let Some(mut b) = caches.take(class, 1) {
+                        while !b.is_null() {
+                            got.push(b.addr());
+                            // SAFETY: the batch is ours (taken).
+                            b = unsafe { crate::sync::read_next(b) };
+                        }
+                    }
+                    got
+                })
+            };
+            let mut got = Vec::new();
+            caches.drain(|p, _| got.push(p.addr()));
+            let offered = spiller.join().unwrap();
+            got.extend(taker.join().unwrap());
+            caches.drain(|p, _| got.push(p.addr()));
+            got.sort_unstable();
+            let mut want = std::vec![blocks[0], blocks[1]];
+            want.sort_unstable();
+            assert!(offered, "an empty transfer cache refused a batch");
+            assert_eq!(got, want, "a block lost or taken twice");
+            for b in blocks {
+                // SAFETY: made by `Box::into_raw` above, freed once.
+                drop(unsafe { std::boxed::Box::from_raw(b as *mut [u64; 2]) });
+            }
+        });
+        std::println!(
+            "\nloom model percpu_transfer: {} interleavings",
             runs.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
@@ -754,7 +950,10 @@ mod tests {
         // 64 KiB heap: at most 1 KiB parked per magazine, so the 2 KiB class parks none.
         if caches.active() {
             assert_eq!(caches.batch(Class::from_id(7).unwrap()), 1);
-            assert_ne!(caches.push(Class::from_id(7).unwrap(), block(2)), Stored::Cached);
+            assert_ne!(
+                caches.push(Class::from_id(7).unwrap(), block(2)),
+                Stored::Cached
+            );
         }
     }
 }

@@ -224,6 +224,12 @@ impl AtomicPtr {
         step(1);
         self.0.store(v, o)
     }
+    /// Takes the pointer, leaving null.
+    #[inline(always)]
+    pub(crate) fn swap_null(&self, o: Ordering) -> *mut u8 {
+        step(2);
+        self.0.swap(core::ptr::null_mut(), o)
+    }
     #[inline(always)]
     pub(crate) fn compare_exchange(
         &self,
@@ -419,4 +425,27 @@ pub(crate) unsafe fn read_link(block: *mut u8) -> u32 {
 pub(crate) unsafe fn write_link(block: *mut u8, next: u32) {
     // SAFETY: the caller owns the block, so no other access races this write.
     unsafe { block.cast::<u32>().write(next) }
+}
+
+/// Reads the batch link of a free block parked in a per-CPU transfer batch: the next
+/// block's address (null at the end). A pointer, not an index: a batch's blocks may lie
+/// in different chunks and regions.
+///
+/// # Safety
+/// - `block` is a free block of at least 8 bytes, aligned to 8, in a batch the caller
+///   owns (it built it, or took it out of a transfer slot).
+#[inline(always)]
+pub(crate) unsafe fn read_next(block: *mut u8) -> *mut u8 {
+    // SAFETY: the caller owns the batch, so no other access races this read.
+    unsafe { block.cast::<*mut u8>().read() }
+}
+
+/// Writes the batch link of a block the caller owns (see [`read_next`]).
+///
+/// # Safety
+/// - as for [`read_next`].
+#[inline(always)]
+pub(crate) unsafe fn write_next(block: *mut u8, next: *mut u8) {
+    // SAFETY: the caller owns the block, so no other access races this write.
+    unsafe { block.cast::<*mut u8>().write(next) }
 }
