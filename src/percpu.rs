@@ -16,6 +16,12 @@
 //! holds a magazine, and a signal handler may use the magazine of the CPU it
 //! interrupted (its own operations abort the interrupted one first).
 //!
+//! # Between CPUs: the transfer cache
+//! A full magazine spills half a class as one linked batch into the transfer cache (a
+//! few slots per class, one CAS); an empty one takes a whole batch (one swap). Blocks
+//! freed on one CPU and allocated on another travel so, without touching their chunks;
+//! when every slot is full, a spill goes back to the chunks.
+//!
 //! # Draining (I9)
 //! Only the CPU's own sequences touch a magazine, except a drainer: before the heap
 //! grows or answers null, in `trim` and in `disable`, a drainer raises every gate,
@@ -23,7 +29,8 @@
 //! later one sees the gate and bypasses), takes the blocks out with a CAS per block on
 //! the count (only drainers lower it now, so it is ABA-free), gives them back to their
 //! chunks, and lowers the gates. A drainer stopped half-way leaves gates raised: those
-//! magazines are bypassed (slower), nobody waits.
+//! magazines are bypassed (slower), nobody waits. The transfer cache is emptied first
+//! (a swap per slot: no fence needed).
 //!
 //! # Where it is live
 //! Linux, glibc 2.35 or later (its rseq area), x86_64, not under miri or loom. There,

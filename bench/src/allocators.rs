@@ -42,10 +42,14 @@ impl<A: GlobalAlloc + Sync> Alloc for A {
 }
 
 /// Every allocator, in table order. glibc and AO_malloc come first: they are the baselines.
-pub const NAMES: [&str; 7] = [
+/// `sigalloc` runs with its per-CPU caches (feature `percpu`); `sigalloc-nocache` is the
+/// same allocator with `disable_percpu()` called before the first request, so each table
+/// shows what the caches buy.
+pub const NAMES: [&str; 8] = [
     "glibc",
     "AO_malloc",
     "sigalloc",
+    "sigalloc-nocache",
     "mimalloc",
     "talc",
     "linked_list",
@@ -124,9 +128,20 @@ macro_rules! arena_set {
                 SIGALLOC.enable_mmap();
             }
 
+            /// Whether this set's sigalloc has its per-CPU caches set up and in use.
+            pub(super) fn sigalloc_percpu_active() -> bool {
+                SIGALLOC.percpu_active()
+            }
+
             pub(super) fn get(name: &str) -> Option<&'static dyn Alloc> {
                 Some(match name {
                     "sigalloc" => &SIGALLOC,
+                    "sigalloc-nocache" => {
+                        // The run-time kill switch, before any request: every call of
+                        // this process takes the shared path.
+                        SIGALLOC.disable_percpu();
+                        &SIGALLOC
+                    }
                     "talc" => &TALC,
                     "linked_list" => {
                         // SAFETY: the arena is static, page-aligned, used by nothing else, and
@@ -209,6 +224,22 @@ pub fn enable_sigalloc_mmap(heap: HeapSize) {
         HeapSize::Small => small::enable_sigalloc_mmap(),
         HeapSize::Big => big::enable_sigalloc_mmap(),
     }
+}
+
+/// Whether `name` is one of sigalloc's variants (caches on or off).
+pub fn is_sigalloc(name: &str) -> bool {
+    matches!(name, "sigalloc" | "sigalloc-nocache")
+}
+
+/// What the child of a sigalloc variant reports about the per-CPU caches: whether the
+/// `heap`-sized set's caches are in use, and the process-wide count of restartable
+/// sequences the kernel aborted.
+pub fn sigalloc_caches(heap: HeapSize) -> (bool, u64) {
+    let active = match heap {
+        HeapSize::Small => small::sigalloc_percpu_active(),
+        HeapSize::Big => big::sigalloc_percpu_active(),
+    };
+    (active, sigalloc::percpu_aborts())
 }
 
 /// The allocator called `name` with `heap`-sized arenas, or `None` if it is unknown or

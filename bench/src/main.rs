@@ -12,7 +12,9 @@
 //! shapes of whole programs (issue #10) for glibc, sigalloc (2 MiB inline heap, mmap
 //! growth on) and mimalloc: larson-like cross-thread frees, a database-like mid-size mix
 //! (time and peak RSS), threads pinned to cores, and a churn beside 2 MiB..512 MiB of
-//! live data.
+//! live data. sigalloc appears twice in every table: `sigalloc` with its per-CPU caches
+//! (feature `percpu`) and `sigalloc-nocache` with them switched off (`disable_percpu`);
+//! a last section checks issue #11's targets on the numbers of the run.
 //!
 //! The parent only orchestrates: every measurement runs in a child process (this binary
 //! with `--child ALLOCATOR JOB...`) under a watchdog, so each gets a fresh heap and a crash
@@ -133,8 +135,9 @@ enum Job {
     Sweep(usize),
 }
 
-/// The allocators of tables 7-10: the two baselines a whole program would use instead.
-const SCALE_NAMES: [&str; 3] = ["glibc", "sigalloc", "mimalloc"];
+/// The allocators of tables 7-10: sigalloc with and without its per-CPU caches, and the
+/// two baselines a whole program would use instead.
+const SCALE_NAMES: [&str; 4] = ["glibc", "sigalloc", "sigalloc-nocache", "mimalloc"];
 
 impl Job {
     fn args(self) -> Vec<String> {
@@ -205,8 +208,8 @@ impl Job {
 
     /// How a table names `name` for this job.
     fn shown(self, name: &str) -> String {
-        if name == "sigalloc" && self.sigalloc_mmap() {
-            "sigalloc+mmap".into()
+        if allocators::is_sigalloc(name) && self.sigalloc_mmap() {
+            format!("{name}+mmap")
         } else {
             name.into()
         }
@@ -278,53 +281,47 @@ fn child(args: &[String]) -> ExitCode {
         eprintln!("allocator {name} is not available");
         return ExitCode::from(2);
     };
-    if name == "sigalloc" && job.sigalloc_mmap() {
+    if allocators::is_sigalloc(name) && job.sigalloc_mmap() {
         allocators::enable_sigalloc_mmap(job.heap());
     }
-    // Tables 7-10 also report the child's peak RSS, and what else the workload says.
-    let print_scale = |t: Throughput, extra: String| {
-        println!(
-            "{} ops={} secs={} failures={} truncated={} rss_kib={}{extra}",
-            runner::RESULT,
+    // The fields of the RESULT line. Tables 7-10 also report the child's peak RSS, and
+    // what else the workload says.
+    let with_rss = |t: Throughput, extra: String| {
+        format!(
+            "ops={} secs={} failures={} truncated={} rss_kib={}{extra}",
             t.ops,
             t.secs,
             t.failures,
             u8::from(t.truncated),
             scale::peak_rss_kib()
-        );
+        )
     };
-    let print = |t: Throughput| {
-        println!(
-            "{} ops={} secs={} failures={} truncated={}",
-            runner::RESULT,
+    let plain = |t: Throughput| {
+        format!(
+            "ops={} secs={} failures={} truncated={}",
             t.ops,
             t.secs,
             t.failures,
             u8::from(t.truncated)
-        );
+        )
     };
-    match job {
-        Job::Pairs => print(workloads::pairs(a, cfg.pairs_ops, cfg.limit)),
-        Job::Churn => print(workloads::churn(a, 1, cfg.churn_ops, cfg.limit)),
-        Job::Threads(t) => print(workloads::churn(a, t, cfg.thread_ops, cfg.limit)),
-        Job::ProdCons => print(workloads::producer_consumer(a, cfg.prodcons_ops, cfg.limit)),
-        Job::Efficiency(f) => println!("{} bytes={}", runner::RESULT, workloads::efficiency(a, f)),
+    let fields = match job {
+        Job::Pairs => plain(workloads::pairs(a, cfg.pairs_ops, cfg.limit)),
+        Job::Churn => plain(workloads::churn(a, 1, cfg.churn_ops, cfg.limit)),
+        Job::Threads(t) => plain(workloads::churn(a, t, cfg.thread_ops, cfg.limit)),
+        Job::ProdCons => plain(workloads::producer_consumer(a, cfg.prodcons_ops, cfg.limit)),
+        Job::Efficiency(f) => format!("bytes={}", workloads::efficiency(a, f)),
         Job::Storm => {
             let r = storm::run(a, cfg.storm_signals, cfg.storm_interval_us);
-            println!(
-                "{} signals={} ops={} secs={} failures={} corrupt={}",
-                runner::RESULT,
-                r.signals,
-                r.ops,
-                r.secs,
-                r.failures,
-                r.corrupt
-            );
+            format!(
+                "signals={} ops={} secs={} failures={} corrupt={}",
+                r.signals, r.ops, r.secs, r.failures, r.corrupt
+            )
         }
-        Job::Larson => print_scale(scale::larson(a, cfg.larson, cfg.scale_limit), String::new()),
+        Job::Larson => with_rss(scale::larson(a, cfg.larson, cfg.scale_limit), String::new()),
         Job::MidSize => {
             let r = scale::midsize(a, cfg.midsize, cfg.scale_limit);
-            print_scale(r.t, format!(" peak_live={}", r.peak_live));
+            with_rss(r.t, format!(" peak_live={}", r.peak_live))
         }
         Job::Pinned(threads, large) => {
             let w = Pinned {
@@ -334,9 +331,9 @@ fn child(args: &[String]) -> ExitCode {
                 ballast: if large { cfg.large_live } else { 0 },
             };
             let r = scale::pinned(a, w, cfg.scale_limit);
-            print_scale(r.t, format!(" pinned={}", u8::from(r.pinned)));
+            with_rss(r.t, format!(" pinned={}", u8::from(r.pinned)))
         }
-        Job::Sweep(mib) => print_scale(
+        Job::Sweep(mib) => with_rss(
             scale::sweep(
                 a,
                 mib << 20,
@@ -346,7 +343,17 @@ fn child(args: &[String]) -> ExitCode {
             ),
             String::new(),
         ),
-    }
+    };
+    // sigalloc's children say whether the per-CPU caches were in use at the end (set-up
+    // happens on the first miss, so only now is the answer final) and how many
+    // restartable sequences the kernel aborted.
+    let caches = if allocators::is_sigalloc(name) {
+        let (active, aborts) = allocators::sigalloc_caches(job.heap());
+        format!(" percpu={} aborts={aborts}", u8::from(active))
+    } else {
+        String::new()
+    };
+    println!("{} {fields}{caches}", runner::RESULT);
     ExitCode::SUCCESS
 }
 
@@ -358,6 +365,11 @@ struct Bench {
     notes: Vec<String>,
     /// The tables to run (inclusive range of their numbers).
     only: (usize, usize),
+    /// sigalloc runs whose caches were not what their name says ("sigalloc" without them
+    /// in use, "sigalloc-nocache" with them), as (allocator, job).
+    cache_mismatches: Vec<(String, String)>,
+    /// The numbers issue #11's targets are checked against, collected as tables run.
+    targets: Targets,
 }
 
 impl Bench {
@@ -367,6 +379,8 @@ impl Bench {
             json: Json::default(),
             notes: Vec::new(),
             only: (1, 10),
+            cache_mismatches: Vec::new(),
+            targets: Targets::default(),
         }
     }
 
@@ -421,6 +435,26 @@ impl Bench {
         if t10 {
             self.sweep_table();
         }
+        self.targets_table();
+        if !self.cache_mismatches.is_empty() {
+            println!(
+                "## Per-CPU caches not as named\n\nThese sigalloc runs did not measure what \
+                 their row says (`percpu_active()` at the end of the child: false for \
+                 `sigalloc`, e.g. without rseq or membarrier; true for `sigalloc-nocache`):\n"
+            );
+            for name in ["sigalloc", "sigalloc-nocache"] {
+                let jobs: Vec<&str> = self
+                    .cache_mismatches
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, j)| j.as_str())
+                    .collect();
+                if !jobs.is_empty() {
+                    println!("- {name}: {} jobs ({})", jobs.len(), jobs.join(", "));
+                }
+            }
+            println!();
+        }
 
         if !self.notes.is_empty() {
             println!("## Failed children\n");
@@ -467,9 +501,14 @@ impl Bench {
             c.limit.as_secs()
         );
         println!(
-            "- tables 7-10 (whole-program shapes, issue #10) run glibc, mimalloc and sigalloc \
-             with mmap growth on (`sigalloc+mmap`, except table 9's 2 MiB rows); each run's \
-             timed part stops at {} s (marked *)",
+            "- sigalloc is built with its per-CPU caches (feature `percpu`, issue #11): \
+             `sigalloc` runs with them on, `sigalloc-nocache` is the same allocator with \
+             `disable_percpu()` called before the first request"
+        );
+        println!(
+            "- tables 7-10 (whole-program shapes, issue #10) run glibc, mimalloc and both \
+             sigalloc rows with mmap growth on (`sigalloc+mmap`, except table 9's 2 MiB rows); \
+             each run's timed part stops at {} s (marked *)",
             c.scale_limit.as_secs()
         );
         if !HAVE_AO {
@@ -486,7 +525,16 @@ impl Bench {
             args.push("--quick".into());
         }
         let (cell, how, stderr) = match runner::run(&args, timeout) {
-            Outcome::Ok(f) => return Ok(f),
+            Outcome::Ok(f) => {
+                // A sigalloc child says whether its caches were in use.
+                if f.has("percpu") && (f.num("percpu") != 0.0) != (name == "sigalloc") {
+                    let m = (name.to_owned(), job.args().join(" "));
+                    if !self.cache_mismatches.contains(&m) {
+                        self.cache_mismatches.push(m);
+                    }
+                }
+                return Ok(f);
+            }
             Outcome::Hung { after, stderr } => (
                 format!("hung (killed after {} s)", after.as_secs()),
                 "hung".into(),
@@ -559,6 +607,7 @@ impl Bench {
         let key = &job.args()[0];
         let glibc = cell_of(cells, "glibc");
         let ao = cell_of(cells, "AO_malloc");
+        let mi = cell_of(cells, "mimalloc");
         let rows: Vec<Vec<String>> = NAMES
             .iter()
             .zip(cells)
@@ -569,6 +618,7 @@ impl Bench {
                     c.show(),
                     ratio(c, glibc),
                     ratio(c, ao),
+                    ratio(c, mi),
                     c.failures(),
                 ]
             })
@@ -579,10 +629,17 @@ impl Bench {
                 "ops/s",
                 "vs glibc",
                 "vs AO_malloc",
+                "vs mimalloc",
                 "failed allocs",
             ],
             &rows,
         );
+        match job {
+            Job::Pairs => self.targets.pairs = cells.clone(),
+            Job::Churn => self.targets.churn = cells.clone(),
+            Job::ProdCons => self.targets.prodcons = cells.clone(),
+            _ => {}
+        }
     }
 
     fn threads_table(&mut self) {
@@ -650,6 +707,13 @@ impl Bench {
                         Err(e) => Cell::Text(e),
                     }
                 };
+                if let (Some(v), Cell::Fraction(x)) = (variant(name), &cell) {
+                    match fill {
+                        Fill::Mixed => self.targets.fill_mixed[v] = Some(*x),
+                        Fill::PhaseChange => self.targets.fill_phase[v] = Some(*x),
+                        Fill::Small => {}
+                    }
+                }
                 self.json
                     .push(&format!("efficiency-{}", fill.name()), name, 0, &cell);
                 row.push(cell.show());
@@ -673,12 +737,16 @@ impl Bench {
             "## 6. signal storm\n\nSIGALRM every {} µs (setitimer); the handler allocates \
              16..256 B, fills, checks and frees, while the main loop churns a 64-slot set; \
              the child stops after {} signals. `deadlocked`: the {} s watchdog fired. \
-             `corrupted`: a block's contents changed under its owner.\n",
+             `corrupted`: a block's contents changed under its owner. `sigalloc` runs with \
+             its per-CPU caches on, so the handler allocates from the cache of the CPU it \
+             interrupted; `rseq aborts`: restartable sequences the kernel aborted in that \
+             child (preemption, migration, signal delivery).\n",
             c.storm_interval_us,
             c.storm_signals,
             c.storm_watchdog.as_secs()
         );
         let mut rows = Vec::new();
+        let mut storm_rates = Vec::new();
         for name in NAMES {
             let (outcome, sig_rate, ops_rate, detail) = if !available(name) {
                 (
@@ -692,12 +760,19 @@ impl Bench {
                     Ok(f) => {
                         let secs = f.num("secs").max(1e-9);
                         let corrupt = f.num("corrupt");
+                        let outcome = if corrupt > 0.0 { "corrupted" } else { "ok" };
+                        storm_rates.push((name, outcome == "ok", f.num("signals") / secs));
+                        let aborts = if f.has("aborts") {
+                            format!(", {} rseq aborts", f.num("aborts"))
+                        } else {
+                            String::new()
+                        };
                         (
-                            if corrupt > 0.0 { "corrupted" } else { "ok" }.to_string(),
+                            outcome.to_string(),
                             si(f.num("signals") / secs),
                             si(f.num("ops") / secs),
                             format!(
-                                "{} signals, {} failed allocs, {} corrupt blocks",
+                                "{} signals, {} failed allocs, {} corrupt blocks{aborts}",
                                 f.num("signals"),
                                 f.num("failures"),
                                 corrupt
@@ -712,8 +787,12 @@ impl Bench {
             };
             self.json
                 .push("storm", name, 0, &Cell::Text(outcome.clone()));
+            if !storm_rates.iter().any(|r| r.0 == name) {
+                storm_rates.push((name, false, 0.0));
+            }
             rows.push(vec![name.to_string(), outcome, sig_rate, ops_rate, detail]);
         }
+        self.targets.storm = Some(storm_rates);
         table(
             &[
                 "allocator",
@@ -751,8 +830,8 @@ impl Bench {
     fn scale_header(&self, title: &str, what: &str) {
         println!(
             "## {title}\n\n{what} {} run{} per cell in fresh processes, median; `sigalloc+mmap` \
-             is sigalloc's 2 MiB inline heap with `enable_mmap()`; same seeds for every \
-             allocator.\n",
+             is sigalloc's 2 MiB inline heap with `enable_mmap()` (`sigalloc-nocache+mmap`: \
+             the same with its per-CPU caches off); same seeds for every allocator.\n",
             self.cfg.repeats,
             if self.cfg.repeats == 1 { "" } else { "s" }
         );
@@ -773,8 +852,8 @@ impl Bench {
             ),
         );
         let sums = self.sample(&SCALE_NAMES, Job::Larson);
-        let glibc = sums[0].as_ref().ok().map(|s| s.rate);
-        let mi = sums[2].as_ref().ok().map(|s| s.rate);
+        let glibc = scale_rate(&sums, "glibc");
+        let mi = scale_rate(&sums, "mimalloc");
         let mut rows = Vec::new();
         for (name, sum) in SCALE_NAMES.iter().zip(&sums) {
             let shown = Job::Larson.shown(name);
@@ -840,7 +919,11 @@ impl Bench {
                 mib(peak_live / 1024.0)
             ),
         );
-        let glibc = sums[0].as_ref().ok().map(|s| (s.rate, s.rss_kib));
+        let glibc = SCALE_NAMES
+            .iter()
+            .position(|n| *n == "glibc")
+            .and_then(|i| sums[i].as_ref().ok())
+            .map(|s| (s.rate, s.rss_kib));
         let mut rows = Vec::new();
         for (name, sum) in SCALE_NAMES.iter().zip(&sums) {
             let shown = Job::MidSize.shown(name);
@@ -912,6 +995,14 @@ impl Bench {
                 };
                 let mut row = vec![heap, shown.clone()];
                 let base = per_t[0][ni].as_ref().ok().map(|s| s.rate);
+                if let (false, Some(v), Some(b)) = (large, variant(name), base) {
+                    for (k, want) in [2, 8].into_iter().enumerate() {
+                        let at = THREADS.iter().position(|&t| t == want);
+                        self.targets.scaling[v][k] = at
+                            .and_then(|i| per_t[i][ni].as_ref().ok())
+                            .map(|s| s.rate / b.max(1e-9));
+                    }
+                }
                 let mut ratios = Vec::new();
                 let mut failures = 0.0f64;
                 for (ti, &t) in THREADS.iter().enumerate() {
@@ -1035,6 +1126,183 @@ impl Bench {
     }
 }
 
+/// Issue #11's targets, checked on what the tables measured.
+impl Bench {
+    fn targets_table(&self) {
+        let t = &self.targets;
+        // One row: what, the goal, sigalloc's value with caches on and off, and how a
+        // value is shown.
+        struct Row {
+            what: &'static str,
+            goal: f64,
+            on: Option<f64>,
+            off: Option<f64>,
+            percent: bool,
+        }
+        let rate_ratio = |cells: &[Cell], name: &str, base: &str| {
+            let (x, b) = (cell_of(cells, name)?.rate()?, cell_of(cells, base)?.rate()?);
+            (b > 0.0).then(|| x / b)
+        };
+        let pair = |cells: &[Cell], base: &str| {
+            (
+                rate_ratio(cells, "sigalloc", base),
+                rate_ratio(cells, "sigalloc-nocache", base),
+            )
+        };
+        let mut rows = Vec::new();
+        let mut ratio_row = |what, goal, (on, off)| {
+            rows.push(Row {
+                what,
+                goal,
+                on,
+                off,
+                percent: false,
+            })
+        };
+        if !t.pairs.is_empty() {
+            ratio_row("1. pairs vs glibc", 1.5, pair(&t.pairs, "glibc"));
+            ratio_row("1. pairs vs mimalloc", 1.0, pair(&t.pairs, "mimalloc"));
+        }
+        if !t.churn.is_empty() {
+            ratio_row("2. churn vs glibc", 2.0, pair(&t.churn, "glibc"));
+            ratio_row("2. churn vs mimalloc", 1.0, pair(&t.churn, "mimalloc"));
+        }
+        if t.scaling.iter().flatten().any(Option::is_some) {
+            let [on, off] = t.scaling;
+            ratio_row(
+                "9. pinned, 2 MiB heap: T=2 vs own T=1",
+                1.9,
+                (on[0], off[0]),
+            );
+            ratio_row(
+                "9. pinned, 2 MiB heap: T=8 vs own T=1",
+                1.8,
+                (on[1], off[1]),
+            );
+        }
+        if !t.prodcons.is_empty() {
+            ratio_row(
+                "4. producer/consumer vs mimalloc",
+                1.0,
+                pair(&t.prodcons, "mimalloc"),
+            );
+        }
+        if let Some(storm) = &t.storm {
+            let ao = storm
+                .iter()
+                .find(|r| r.0 == "AO_malloc" && r.1)
+                .map(|r| r.2)
+                .filter(|&r| r > 0.0);
+            let of = |name: &str| {
+                let r = storm.iter().find(|r| r.0 == name && r.1)?;
+                Some(r.2 / ao?)
+            };
+            ratio_row(
+                "6. storm: signals/s vs AO_malloc (when ok)",
+                1.0,
+                (of("sigalloc"), of("sigalloc-nocache")),
+            );
+        }
+        if t.fill_mixed
+            .iter()
+            .chain(&t.fill_phase)
+            .any(Option::is_some)
+        {
+            for (what, goal, [on, off]) in [
+                ("5. efficiency (a) 16..1024 B, 2 MiB", 0.72, t.fill_mixed),
+                ("5. efficiency (c) phase change, 2 MiB", 0.90, t.fill_phase),
+            ] {
+                rows.push(Row {
+                    what,
+                    goal,
+                    on,
+                    off,
+                    percent: true,
+                });
+            }
+        }
+        let storm_ok = t.storm.as_ref().map(|storm| {
+            let ok = |name: &str| storm.iter().any(|r| r.0 == name && r.1);
+            (ok("sigalloc"), ok("sigalloc-nocache"))
+        });
+        if rows.is_empty() && storm_ok.is_none() {
+            return;
+        }
+        println!(
+            "## Targets of issue #11 (per-CPU caches)\n\nsigalloc's ratios from this run: \
+             `caches on` is the `sigalloc` row, `caches off` the `sigalloc-nocache` row of \
+             the same tables; `met` judges caches on. Printed, never enforced: timings move \
+             by ±20 % between runs on a shared machine{}.\n",
+            if self.cfg.quick {
+                ", and a quick run measures each cell once, briefly"
+            } else {
+                ""
+            }
+        );
+        let show = |r: &Row, v: Option<f64>| match v {
+            Some(x) if r.percent => format!("{:.1}%", x * 100.0),
+            Some(x) => format!("{x:.2}x"),
+            None => "–".into(),
+        };
+        let mut out: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                let goal = if r.percent {
+                    format!("≥ {:.0}%", r.goal * 100.0)
+                } else {
+                    format!("≥ {:.2}x", r.goal)
+                };
+                let met = match r.on {
+                    Some(x) if x >= r.goal => "yes".to_string(),
+                    Some(x) => match (1.0 - x / r.goal) * 100.0 {
+                        short if short < 1.0 => "no (less than 1% short)".into(),
+                        short => format!("no ({short:.0}% short)"),
+                    },
+                    None => "–".into(),
+                };
+                vec![r.what.to_string(), goal, show(r, r.on), show(r, r.off), met]
+            })
+            .collect();
+        if let Some((on, off)) = storm_ok {
+            let word = |ok: bool| if ok { "ok" } else { "not ok" }.to_string();
+            out.push(vec![
+                "6. storm outcome".into(),
+                "ok".into(),
+                word(on),
+                word(off),
+                if on { "yes" } else { "no" }.into(),
+            ]);
+        }
+        table(&["target", "goal", "caches on", "caches off", "met"], &out);
+    }
+}
+
+/// What [`Bench::targets_table`] checks, filled in by the tables that ran. Per sigalloc
+/// variant, index 0 is caches on (`sigalloc`), 1 caches off (`sigalloc-nocache`).
+#[derive(Default)]
+struct Targets {
+    /// The cells of tables 1, 2 and 4, in [`NAMES`] order (empty if not run).
+    pairs: Vec<Cell>,
+    churn: Vec<Cell>,
+    prodcons: Vec<Cell>,
+    /// Table 5's shares of the heap: (a) random 16..1024 B and (c) the phase change.
+    fill_mixed: [Option<f64>; 2],
+    fill_phase: [Option<f64>; 2],
+    /// Table 6: per allocator, whether it ended ok and its signals per second.
+    storm: Option<Vec<(&'static str, bool, f64)>>,
+    /// Table 9, 2 MiB heap: T=2 and T=8 over the same variant's T=1.
+    scaling: [[Option<f64>; 2]; 2],
+}
+
+/// Which sigalloc variant `name` is: 0 caches on, 1 caches off.
+fn variant(name: &str) -> Option<usize> {
+    match name {
+        "sigalloc" => Some(0),
+        "sigalloc-nocache" => Some(1),
+        _ => None,
+    }
+}
+
 /// The runs of one cell of tables 7-10.
 struct Summary {
     /// Median, lowest and highest ops/s.
@@ -1108,6 +1376,15 @@ fn times(base: Option<f64>, x: f64) -> String {
         Some(b) if b > 0.0 && x > 0.0 => format!("{:.2}x", b / x),
         _ => "–".into(),
     }
+}
+
+/// The median rate of `name` in a row of tables 7-10, if it ran.
+fn scale_rate(sums: &[Result<Summary, String>], name: &str) -> Option<f64> {
+    SCALE_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| sums.get(i)?.as_ref().ok())
+        .map(|s| s.rate)
 }
 
 /// KiB as "12.3 MiB".
