@@ -19,8 +19,8 @@ fi
 cargo fuzz --version >/dev/null
 
 # target name -> extra cargo flags (the checked target needs sigalloc's checked mode).
-declare -A FEATURES=([api]="" [checked]="--features checked")
-TARGETS=(api checked)
+declare -A FEATURES=([api]="" [checked]="--features checked" [percpu]="--features percpu")
+TARGETS=(api checked percpu)
 
 cd fuzz
 for t in "${TARGETS[@]}"; do
