@@ -175,6 +175,10 @@ struct Outcome {
 fn run_case(heap: &mut Fresh, s: Scenario, plan: Plan, record: bool) -> Outcome {
     heap.reset();
     let a = heap.get();
+    // The scenarios name paths of the shared layer, step by step: with the `percpu`
+    // feature a per-CPU cache would take the allocations first (its sequences have no
+    // atomic steps to inject into; tests/percpu.rs covers them). A no-op without it.
+    a.disable_percpu();
     let cx = Ctx::new(a);
     let target = s.setup(&cx);
     let chunks_before = a.stats().chunks_used;
