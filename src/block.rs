@@ -6,6 +6,10 @@
 //! [`Memory::resolve`]. The inline heap is tried first with its constants in
 //! registers; other regions and the source's huge blocks are the cold path.
 //!
+//! A pointer into a chunk of a mid-size slab past its first (a *tail*, see `class.rs`)
+//! resolves to the slab's first chunk, which holds its descriptor, and the offset from
+//! there: the tail's anchor names the distance back, so this is one more load, O(1).
+//!
 //! The resolution reads the chunk's anchor once (Relaxed). For a live block that
 //! snapshot cannot go stale while its caller holds the block: only a free of the block
 //! (by its holder, the caller) can retire its chunk. For a pointer that is not a live
@@ -123,31 +127,79 @@ impl Memory<'_> {
     }
 }
 
-/// The class of the small block that starts at `offset` of `chunk` of `region`, if
-/// one does: the hot half of [`Block::at`], for `free`'s fast path.
+/// The small block that starts at `offset` of `chunk` of `region`, if one does: its
+/// class, and the chunk (a slab's first) and offset its descriptor counts from. The
+/// hot half of [`Block::at`], for `free`'s fast path.
 #[inline(always)]
-pub(crate) fn small_at(region: &Region, chunk: usize, offset: usize) -> Option<Class> {
+pub(crate) fn small_at(
+    region: &Region,
+    chunk: usize,
+    offset: usize,
+) -> Option<(Class, usize, usize)> {
     // ORDERING: Relaxed: a live block's chunk keeps its class until the block is freed,
     // and the user's synchronisation with the allocating thread ordered the class write
     // (see the module docs).
-    let class = region
-        .desc(chunk)?
-        .anchor(Ordering::Relaxed)
-        .small_class()?;
-    (offset & (class.size() - 1) == 0).then_some(class)
+    let anchor = region.desc(chunk)?.anchor(Ordering::Relaxed);
+    match anchor.small_class() {
+        Some(class) => class.starts_block(offset).then_some((class, chunk, offset)),
+        None => slab_tail_slow(region, chunk, offset, anchor),
+    }
+}
+
+/// [`small_at`] for a chunk whose anchor names no class: a block starting in a live
+/// slab's tail chunk resolves through the slab's first chunk.
+#[cold]
+#[inline(never)]
+fn slab_tail_slow(
+    region: &Region,
+    chunk: usize,
+    offset: usize,
+    anchor: Anchor,
+) -> Option<(Class, usize, usize)> {
+    let (head, offset) = slab_head(chunk, offset, anchor)?;
+    // ORDERING: Relaxed, as in `small_at`: a live block's slab keeps its class.
+    let class = region.desc(head)?.anchor(Ordering::Relaxed).small_class()?;
+    (class.chunks() > chunk - head && class.starts_block(offset)).then_some((class, head, offset))
+}
+
+/// For a chunk of a live slab past its first: the slab's first chunk, and `offset`
+/// counted from there.
+#[inline(always)]
+fn slab_head(chunk: usize, offset: usize, anchor: Anchor) -> Option<(usize, usize)> {
+    let back = anchor.live_tail()?;
+    Some((chunk.checked_sub(back)?, offset + (back << CHUNK_SHIFT)))
 }
 
 impl Block {
-    /// What lies at `at`, from its chunk's anchor.
+    /// What lies at `at`, from its chunk's anchor (its slab's first chunk's, for a
+    /// slab's tail).
     #[inline(always)]
-    pub(crate) fn at(at: Place) -> Block {
+    pub(crate) fn at(mut at: Place) -> Block {
         let Some(d) = at.desc() else {
             return Block::Foreign;
         };
         // ORDERING: Relaxed, as in `small_at`.
-        let anchor = d.anchor(Ordering::Relaxed);
+        let mut anchor = d.anchor(Ordering::Relaxed);
+        if let Some((head, offset)) = slab_head(at.chunk, at.offset, anchor) {
+            let first = Place {
+                chunk: head,
+                offset,
+                ..at
+            };
+            // ORDERING: Relaxed, as in `small_at`.
+            let ha = first.desc().map(|hd| hd.anchor(Ordering::Relaxed));
+            if let Some(ha) = ha.filter(|ha| {
+                ha.small_class()
+                    .is_some_and(|c| c.chunks() > at.chunk - head)
+            }) {
+                (at, anchor) = (first, ha);
+            }
+        }
+        let Some(d) = at.desc() else {
+            return Block::Foreign;
+        };
         match anchor.small_class() {
-            Some(class) if at.offset & (class.size() - 1) == 0 => Block::Small { at, class },
+            Some(class) if class.starts_block(at.offset) => Block::Small { at, class },
             None if anchor.state() == ACTIVE && anchor.class() == SPAN_CLASS && at.offset == 0 => {
                 // ORDERING: Relaxed: the span is live (the caller holds it).
                 let chunks = d.span.load(Ordering::Relaxed) as usize;

@@ -3,11 +3,19 @@
 //! Memory is cut into chunks of [`CHUNK`] bytes, each aligned to its size. A small
 //! request is served from a chunk cut into equal power-of-two blocks; since the chunk
 //! is aligned, each block is naturally aligned to its own size, so an alignment request
-//! is met by choosing a class at least that large (no padding, no header). Anything
-//! larger than [`MAX_SMALL`] is a span of whole chunks, aligned to [`CHUNK`].
+//! is met by choosing a class at least that large (no padding, no header).
 //!
-//! Depends on: nothing. Upholds I7 (every class carves at least two blocks per chunk and
-//! wastes no slot), checked below with `static_assertions`.
+//! Between the powers of two, *mid-size* classes (3 KiB and 5 KiB) are served from
+//! *slabs*: runs of [`Class::chunks`] whole chunks cut into four blocks, so that a
+//! request of 2049..3072 B costs 3 KiB instead of a 4 KiB chunk and one of 4097..5120 B
+//! costs 5 KiB instead of 8 KiB. A slab starts at a chunk boundary, so its blocks are
+//! aligned to the largest power of two dividing the block size (1 KiB for both):
+//! [`fit`] sends a request with a larger alignment to the next class or a span. A
+//! request that a span of whole chunks serves at least as cheaply (3073..4096 B) stays
+//! a span. Anything larger is a span of whole chunks, aligned to [`CHUNK`].
+//!
+//! Depends on: nothing. Upholds I7 (every class carves at least two blocks per chunk,
+//! or per slab, and wastes no slot), checked below with `static_assertions`.
 
 use static_assertions::const_assert;
 
@@ -19,29 +27,67 @@ pub(crate) const CHUNK: usize = 1 << CHUNK_SHIFT;
 pub(crate) const MIN_SHIFT: u32 = 4;
 /// The smallest block: room for the link word and 16-byte alignment.
 pub(crate) const MIN_BLOCK: usize = 1 << MIN_SHIFT;
-/// Number of small classes: 16, 32, ..., 2048 bytes.
-pub(crate) const NCLASSES: usize = 8;
-/// The largest small block.
-pub(crate) const MAX_SMALL: usize = MIN_BLOCK << (NCLASSES - 1);
+/// Number of power-of-two classes: 16, 32, ..., 2048 bytes.
+pub(crate) const NPOW2: usize = 8;
+/// Number of mid-size (slab) classes: 3072 and 5120 bytes.
+pub(crate) const NSLAB: usize = 2;
+/// Number of small classes, the power-of-two ones first.
+pub(crate) const NCLASSES: usize = NPOW2 + NSLAB;
+/// The largest power-of-two block.
+pub(crate) const MAX_POW2: usize = MIN_BLOCK << (NPOW2 - 1);
+/// The largest small block (the largest mid-size class).
+pub(crate) const MAX_SMALL: usize = mid_size(NCLASSES - 1);
+/// The most chunks a slab spans.
+pub(crate) const MAX_SLAB_CHUNKS: usize = mid_chunks(NCLASSES - 1);
+
+/// Block size of mid-size class `id` (`NPOW2..NCLASSES`).
+const fn mid_size(id: usize) -> usize {
+    match id - NPOW2 {
+        0 => 3 << 10,
+        _ => 5 << 10,
+    }
+}
+
+/// Chunks in a slab of mid-size class `id`: four blocks, no slot wasted.
+const fn mid_chunks(id: usize) -> usize {
+    4 * mid_size(id) / CHUNK
+}
 /// The largest alignment honoured. Up to `CHUNK` every block is aligned by its class or
 /// by being a span; above it, a span (or huge mapping) starts at an aligned chunk.
 pub(crate) const MAX_ALIGN: usize = 1 << 21;
 /// The most blocks a chunk can hold (of the smallest class).
 pub(crate) const MAX_BLOCKS: usize = CHUNK / MIN_BLOCK;
 
-// I7: every small class carves at least two blocks per chunk ...
-const_assert!(CHUNK / MAX_SMALL >= 2);
+// I7: every power-of-two class carves at least two blocks per chunk ...
+const_assert!(CHUNK / MAX_POW2 >= 2);
 // ... and carving wastes no slot: each class size divides the chunk.
-const_assert!(CHUNK % MAX_SMALL == 0 && CHUNK % MIN_BLOCK == 0);
-const_assert!(MAX_SMALL.is_power_of_two() && MIN_BLOCK.is_power_of_two());
+const_assert!(CHUNK % MAX_POW2 == 0 && CHUNK % MIN_BLOCK == 0);
+const_assert!(MAX_POW2.is_power_of_two() && MIN_BLOCK.is_power_of_two());
+// I7 for the mid-size classes: each carves at least two blocks per slab, carving wastes
+// no slot (the block size divides the slab), the slab is more than one chunk (else it
+// would be a power-of-two class), the classes grow, and every block is aligned to at
+// least `MIN_BLOCK` (block sizes are multiples of it; slabs start on a chunk).
+const_assert!(Class(NPOW2 as u8).capacity() >= 2 && Class(NCLASSES as u8 - 1).capacity() >= 2);
+const_assert!((mid_chunks(NPOW2) * CHUNK) % mid_size(NPOW2) == 0);
+const_assert!((mid_chunks(NCLASSES - 1) * CHUNK) % mid_size(NCLASSES - 1) == 0);
+const_assert!(mid_chunks(NPOW2) > 1 && MAX_POW2 < mid_size(NPOW2));
+const_assert!(mid_size(NPOW2) < mid_size(NCLASSES - 1) && NSLAB == 2);
+const_assert!(mid_size(NPOW2) % MIN_BLOCK == 0 && mid_size(NCLASSES - 1) % MIN_BLOCK == 0);
+// A mid-size class is only worth having where it costs less than a span.
+const_assert!(mid_size(NPOW2) < CHUNK && mid_size(NCLASSES - 1) < 2 * CHUNK);
+// A slab's bytes fit the 16-bit dirty field of `chunk::Carve`, and the distance from a
+// tail chunk to its head fits the anchor's count field.
+const_assert!(MAX_SLAB_CHUNKS * CHUNK < 1 << 16 && MAX_SLAB_CHUNKS < 1 << 12);
 // A free block holds a 4-byte link word.
 const_assert!(MIN_BLOCK >= 4);
 // Block indices and counts fit the anchor's fields (see `chunk::Anchor`).
 const_assert!(MAX_BLOCKS <= 1 << 12);
-// Class ids (plus the two span markers) fit the anchor's 4-bit class field.
+// Class ids (plus the slab-tail and two span markers) fit the anchor's 4-bit class
+// field.
 const_assert!(NCLASSES < 14);
 
-/// A small size class: blocks of `16 << id` bytes.
+/// A small size class: blocks of `16 << id` bytes for `id < NPOW2`, else a mid-size
+/// class served from slabs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Class(u8);
 
@@ -61,22 +107,86 @@ impl Class {
         self.0 as usize
     }
 
-    /// log2 of the block size.
+    /// Whether the class is a mid-size one, served from multi-chunk slabs.
     #[inline(always)]
-    pub(crate) const fn shift(self) -> u32 {
+    pub(crate) const fn is_slab(self) -> bool {
+        self.0 as usize >= NPOW2
+    }
+
+    /// log2 of the block size of a power-of-two class (meaningless for a slab class).
+    #[inline(always)]
+    const fn shift(self) -> u32 {
         MIN_SHIFT + self.0 as u32
     }
 
     /// Block size in bytes.
     #[inline(always)]
     pub(crate) const fn size(self) -> usize {
-        1 << self.shift()
+        if self.is_slab() {
+            mid_size(self.0 as usize)
+        } else {
+            1 << self.shift()
+        }
     }
 
-    /// Blocks per chunk.
+    /// Chunks in one chunk (or slab) of this class: 1 for a power-of-two class.
+    #[inline(always)]
+    pub(crate) const fn chunks(self) -> usize {
+        if self.is_slab() {
+            mid_chunks(self.0 as usize)
+        } else {
+            1
+        }
+    }
+
+    /// Bytes of one chunk (or slab) of this class.
+    #[inline(always)]
+    pub(crate) const fn slab_bytes(self) -> usize {
+        self.chunks() * CHUNK
+    }
+
+    /// The alignment every block of the class has: its size for a power of two, the
+    /// largest power of two dividing it for a mid-size class (slabs start on a chunk).
+    #[inline(always)]
+    pub(crate) const fn align(self) -> usize {
+        let size = self.size();
+        size & size.wrapping_neg()
+    }
+
+    /// Blocks per chunk (or slab).
     #[inline(always)]
     pub(crate) const fn capacity(self) -> u32 {
-        (CHUNK >> self.shift()) as u32
+        (self.slab_bytes() / self.size()) as u32
+    }
+
+    /// Byte offset of block `idx` from the chunk's (or slab's) start.
+    #[inline(always)]
+    pub(crate) const fn offset_of(self, idx: u32) -> usize {
+        if self.is_slab() {
+            idx as usize * self.size()
+        } else {
+            (idx as usize) << self.shift()
+        }
+    }
+
+    /// Index of the block that holds byte `offset` of the chunk (or slab).
+    #[inline(always)]
+    pub(crate) const fn index_of(self, offset: usize) -> u32 {
+        if self.is_slab() {
+            (offset / self.size()) as u32
+        } else {
+            (offset >> self.shift()) as u32
+        }
+    }
+
+    /// Whether a block starts at byte `offset` of the chunk (or slab).
+    #[inline(always)]
+    pub(crate) const fn starts_block(self, offset: usize) -> bool {
+        if self.is_slab() {
+            offset % self.size() == 0 && offset < self.slab_bytes()
+        } else {
+            offset & (self.size() - 1) == 0
+        }
     }
 
     /// Every class, smallest first.
@@ -113,13 +223,24 @@ pub(crate) const fn fit(size: usize, align: usize) -> Option<Fit> {
     if need <= MIN_BLOCK {
         return Some(Fit::Small(Class(0)));
     }
-    if need <= MAX_SMALL {
+    if need <= MAX_POW2 {
         // need > 16, so need - 1 >= 16 and the subtraction cannot underflow.
         let shift = usize::BITS - (need - 1).leading_zeros();
         return Some(Fit::Small(Class((shift - MIN_SHIFT) as u8)));
     }
+    // A mid-size class, if one fits the size and the alignment and costs less than
+    // the span that would serve it otherwise.
+    let span = need.div_ceil(CHUNK);
+    let mut id = NPOW2;
+    while id < NCLASSES {
+        let class = Class(id as u8);
+        if need <= class.size() && align <= class.align() && class.size() < span * CHUNK {
+            return Some(Fit::Small(class));
+        }
+        id += 1;
+    }
     // Spans are chunk-aligned, which covers every align <= CHUNK.
-    Some(Fit::Span(need.div_ceil(CHUNK)))
+    Some(Fit::Span(span))
 }
 
 /// The size actually handed out for a request of `size` bytes at minimal alignment;
@@ -144,8 +265,13 @@ mod tests {
         assert_eq!(fit(17, 1), Some(Fit::Small(Class(1))));
         assert_eq!(fit(1024, 8), Some(Fit::Small(Class(6))));
         assert_eq!(fit(2048, 8), Some(Fit::Small(Class(7))));
-        assert_eq!(fit(2049, 8), Some(Fit::Span(1)));
-        assert_eq!(fit(4097, 8), Some(Fit::Span(2)));
+        assert_eq!(fit(2049, 8), Some(Fit::Small(Class(8))));
+        assert_eq!(fit(3072, 8), Some(Fit::Small(Class(8))));
+        assert_eq!(fit(3073, 8), Some(Fit::Span(1)));
+        assert_eq!(fit(4096, 8), Some(Fit::Span(1)));
+        assert_eq!(fit(4097, 8), Some(Fit::Small(Class(9))));
+        assert_eq!(fit(5120, 8), Some(Fit::Small(Class(9))));
+        assert_eq!(fit(5121, 8), Some(Fit::Span(2)));
     }
 
     #[test]
@@ -157,10 +283,24 @@ mod tests {
         assert_eq!(fit(8, 8192), Some(Fit::Span(1)));
         assert_eq!(fit(3 * CHUNK, MAX_ALIGN), Some(Fit::Span(3)));
         assert_eq!(fit(8, MAX_ALIGN * 2), None);
+        // A mid-size class honours 1 KiB, not more.
+        assert_eq!(fit(2500, 1024), Some(Fit::Small(Class(8))));
+        assert_eq!(fit(2500, 2048), Some(Fit::Span(1)));
+        assert_eq!(fit(4500, 1024), Some(Fit::Small(Class(9))));
+        assert_eq!(fit(4500, 2048), Some(Fit::Span(2)));
         for c in Class::all() {
-            assert_eq!(fit(c.size(), c.size()), Some(Fit::Small(c)));
+            assert_eq!(fit(c.size(), c.align()), Some(Fit::Small(c)));
             assert!(c.capacity() >= 2);
+            assert_eq!(c.offset_of(c.capacity()), c.slab_bytes());
+            for idx in 0..c.capacity() {
+                let at = c.offset_of(idx);
+                assert!(c.starts_block(at) && at % c.align() == 0 && at % MIN_BLOCK == 0);
+                assert_eq!(c.index_of(at), idx);
+                assert_eq!(c.index_of(at + c.size() - 1), idx);
+                assert!(c.size() == MIN_BLOCK || !c.starts_block(at + MIN_BLOCK));
+            }
         }
+        assert_eq!((Class(8).chunks(), Class(9).chunks()), (3, 5));
     }
 
     #[test]
@@ -168,5 +308,9 @@ mod tests {
         assert_eq!(fit(usize::MAX, 1), Some(Fit::Span(usize::MAX / CHUNK + 1)));
         assert_eq!(good_size(usize::MAX), None);
         assert_eq!(good_size(100), Some(128));
+        assert_eq!(good_size(2100), Some(3072));
+        assert_eq!(good_size(3100), Some(4096));
+        assert_eq!(good_size(4104), Some(5120));
+        assert_eq!(good_size(5200), Some(8192));
     }
 }

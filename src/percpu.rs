@@ -101,9 +101,11 @@ mod on {
     pub(super) const MAG_SHIFT: u32 = 12;
 
     /// Blocks per class a magazine holds for a heap of 2 MiB or more: about 4 KiB of
-    /// blocks per class (at most 128), about 30 KiB per magazine in all.
+    /// blocks per power-of-two class (at most 128), about 30 KiB per magazine in all;
+    /// two of each mid-size class on heaps large enough to park them too (see
+    /// `start_slow`).
     #[cfg(not(loom))]
-    const CAP: [u32; NCLASSES] = [128, 128, 64, 32, 16, 8, 4, 2];
+    const CAP: [u32; NCLASSES] = [128, 128, 64, 32, 16, 8, 4, 2, 2, 2];
     #[cfg(loom)]
     const CAP: [u32; NCLASSES] = [2; NCLASSES];
 
@@ -316,13 +318,21 @@ mod on {
             };
             let mut scale = 0;
             // (Loom's heaps are a few chunks; its models keep the tiny caps as they are.)
-            while cfg!(not(loom)) && scale < 8 && (PARKED >> scale) > heap_bytes / 64 {
+            while cfg!(not(loom)) && scale < 8 && (PARKED_POW2 >> scale) > heap_bytes / 64 {
                 scale += 1;
             }
+            // The mid-size classes are parked only where the budget holds them at full
+            // caps beside the rest (so a 2 MiB heap keeps its power-of-two caps whole).
+            let mid = cfg!(loom) || PARKED <= heap_bytes / 64;
             // Racing set-ups write the same values.
-            for (cap, full) in self.ctl.caps.iter().zip(CAP) {
+            for ((cap, full), class) in self.ctl.caps.iter().zip(CAP).zip(Class::all()) {
+                let cap_now = match (class.is_slab(), mid) {
+                    (false, _) => full >> scale,
+                    (true, true) => full,
+                    (true, false) => 0,
+                };
                 // ORDERING: Relaxed: published by the Release CAS below.
-                cap.store(full >> scale, Ordering::Relaxed);
+                cap.store(cap_now, Ordering::Relaxed);
             }
             for (array, at) in self.ctl.arrays.iter().zip(ARRAY_AT) {
                 // ORDERING: Relaxed: published by the Release CAS below.
@@ -445,16 +455,21 @@ mod on {
         }
     }
 
-    const PARKED: usize = parked_bytes();
+    const PARKED: usize = parked_bytes(NCLASSES);
+    const PARKED_POW2: usize = parked_bytes(crate::class::NPOW2);
 
-    /// The most bytes one magazine parks at full caps.
+    /// The most bytes one magazine parks at full caps in classes `0..classes`.
     // Evaluated at compile time only (`PARKED`).
     #[allow(clippy::indexing_slicing)]
-    const fn parked_bytes() -> usize {
+    const fn parked_bytes(classes: usize) -> usize {
         let mut sum = 0;
         let mut c = 0;
-        while c < NCLASSES {
-            sum += (CAP[c] as usize) << (crate::class::MIN_SHIFT as usize + c);
+        while c < classes {
+            let size = match Class::from_id(c as u32) {
+                Some(class) => class.size(),
+                None => 0,
+            };
+            sum += CAP[c] as usize * size;
             c += 1;
         }
         sum
