@@ -5,14 +5,15 @@
 //! is aligned, each block is naturally aligned to its own size, so an alignment request
 //! is met by choosing a class at least that large (no padding, no header).
 //!
-//! Between the powers of two, *mid-size* classes (3 KiB and 5 KiB) are served from
-//! *slabs*: runs of [`Class::chunks`] whole chunks cut into four blocks, so that a
-//! request of 2049..3072 B costs 3 KiB instead of a 4 KiB chunk and one of 4097..5120 B
-//! costs 5 KiB instead of 8 KiB. A slab starts at a chunk boundary, so its blocks are
-//! aligned to the largest power of two dividing the block size (1 KiB for both):
-//! [`fit`] sends a request with a larger alignment to the next class or a span. A
-//! request that a span of whole chunks serves at least as cheaply (3073..4096 B) stays
-//! a span. Anything larger is a span of whole chunks, aligned to [`CHUNK`].
+//! Between the powers of two, *mid-size* classes (2.5, 3, 3.5 and 5 KiB) are served
+//! from *slabs*: runs of [`Class::chunks`] whole chunks (5, 3, 7 and 5) cut into equal
+//! blocks with no slot wasted, so that a request of 2049..3584 B no longer costs a
+//! whole 4 KiB chunk and one of 4097..5120 B costs 5 KiB instead of 8 KiB. A slab
+//! starts at a chunk boundary, so its blocks are aligned to the largest power of two
+//! dividing the block size (512 B or 1 KiB): [`fit`] sends a request with a larger
+//! alignment to the next class or a span. A request that a span of whole chunks serves
+//! at least as cheaply (3585..4096 B) stays a span. Anything larger is a span of whole
+//! chunks, aligned to [`CHUNK`].
 //!
 //! Depends on: nothing. Upholds I7 (every class carves at least two blocks per chunk,
 //! or per slab, and wastes no slot), checked below with `static_assertions`.
@@ -29,8 +30,8 @@ pub(crate) const MIN_SHIFT: u32 = 4;
 pub(crate) const MIN_BLOCK: usize = 1 << MIN_SHIFT;
 /// Number of power-of-two classes: 16, 32, ..., 2048 bytes.
 pub(crate) const NPOW2: usize = 8;
-/// Number of mid-size (slab) classes: 3072 and 5120 bytes.
-pub(crate) const NSLAB: usize = 2;
+/// Number of mid-size (slab) classes: 2560, 3072, 3584 and 5120 bytes.
+pub(crate) const NSLAB: usize = 4;
 /// Number of small classes, the power-of-two ones first.
 pub(crate) const NCLASSES: usize = NPOW2 + NSLAB;
 /// The largest power-of-two block.
@@ -38,20 +39,65 @@ pub(crate) const MAX_POW2: usize = MIN_BLOCK << (NPOW2 - 1);
 /// The largest small block (the largest mid-size class).
 pub(crate) const MAX_SMALL: usize = mid_size(NCLASSES - 1);
 /// The most chunks a slab spans.
-pub(crate) const MAX_SLAB_CHUNKS: usize = mid_chunks(NCLASSES - 1);
+pub(crate) const MAX_SLAB_CHUNKS: usize = max_slab_chunks();
 
 /// Block size of mid-size class `id` (`NPOW2..NCLASSES`).
+#[inline(always)]
 const fn mid_size(id: usize) -> usize {
-    match id - NPOW2 {
-        0 => 3 << 10,
-        _ => 5 << 10,
+    match id.wrapping_sub(NPOW2) {
+        0 => 2560,
+        1 => 3072,
+        2 => 3584,
+        _ => 5120,
     }
 }
 
-/// Chunks in a slab of mid-size class `id`: four blocks, no slot wasted.
+/// Chunks in a slab of mid-size class `id`: the fewest whole chunks that a whole
+/// number of blocks fills exactly (so carving wastes no slot).
+#[inline(always)]
 const fn mid_chunks(id: usize) -> usize {
-    4 * mid_size(id) / CHUNK
+    let size = mid_size(id);
+    let (mut a, mut b) = (size, CHUNK);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    size / a
 }
+
+const fn max_slab_chunks() -> usize {
+    let (mut id, mut most) = (NPOW2, 0);
+    while id < NCLASSES {
+        if mid_chunks(id) > most {
+            most = mid_chunks(id);
+        }
+        id += 1;
+    }
+    most
+}
+
+/// I7 for the mid-size classes: each carves at least two blocks per slab and wastes no
+/// slot (the block size divides the slab), each slab is more than one chunk (else it
+/// would be a power-of-two class), the classes grow, every block is aligned to at least
+/// `MIN_BLOCK` (sizes are multiples of it; slabs start on a chunk), and each class is
+/// cheaper than the span that would serve its largest request otherwise.
+const fn mid_classes_hold() -> bool {
+    let mut id = NPOW2;
+    let mut below = MAX_POW2;
+    while id < NCLASSES {
+        let (size, chunks) = (mid_size(id), mid_chunks(id));
+        let slab = chunks * CHUNK;
+        if slab / size < 2 || slab % size != 0 || chunks < 2 || size <= below {
+            return false;
+        }
+        if size % MIN_BLOCK != 0 || size >= size.div_ceil(CHUNK) * CHUNK {
+            return false;
+        }
+        below = size;
+        id += 1;
+    }
+    true
+}
+
 /// The largest alignment honoured. Up to `CHUNK` every block is aligned by its class or
 /// by being a span; above it, a span (or huge mapping) starts at an aligned chunk.
 pub(crate) const MAX_ALIGN: usize = 1 << 21;
@@ -63,18 +109,8 @@ const_assert!(CHUNK / MAX_POW2 >= 2);
 // ... and carving wastes no slot: each class size divides the chunk.
 const_assert!(CHUNK % MAX_POW2 == 0 && CHUNK % MIN_BLOCK == 0);
 const_assert!(MAX_POW2.is_power_of_two() && MIN_BLOCK.is_power_of_two());
-// I7 for the mid-size classes: each carves at least two blocks per slab, carving wastes
-// no slot (the block size divides the slab), the slab is more than one chunk (else it
-// would be a power-of-two class), the classes grow, and every block is aligned to at
-// least `MIN_BLOCK` (block sizes are multiples of it; slabs start on a chunk).
-const_assert!(Class(NPOW2 as u8).capacity() >= 2 && Class(NCLASSES as u8 - 1).capacity() >= 2);
-const_assert!((mid_chunks(NPOW2) * CHUNK) % mid_size(NPOW2) == 0);
-const_assert!((mid_chunks(NCLASSES - 1) * CHUNK) % mid_size(NCLASSES - 1) == 0);
-const_assert!(mid_chunks(NPOW2) > 1 && MAX_POW2 < mid_size(NPOW2));
-const_assert!(mid_size(NPOW2) < mid_size(NCLASSES - 1) && NSLAB == 2);
-const_assert!(mid_size(NPOW2) % MIN_BLOCK == 0 && mid_size(NCLASSES - 1) % MIN_BLOCK == 0);
-// A mid-size class is only worth having where it costs less than a span.
-const_assert!(mid_size(NPOW2) < CHUNK && mid_size(NCLASSES - 1) < 2 * CHUNK);
+// ... and so do the mid-size classes, in their slabs.
+const_assert!(mid_classes_hold());
 // A slab's bytes fit the 16-bit dirty field of `chunk::Carve`, and the distance from a
 // tail chunk to its head fits the anchor's count field.
 const_assert!(MAX_SLAB_CHUNKS * CHUNK < 1 << 16 && MAX_SLAB_CHUNKS < 1 << 12);
@@ -266,11 +302,15 @@ mod tests {
         assert_eq!(fit(1024, 8), Some(Fit::Small(Class(6))));
         assert_eq!(fit(2048, 8), Some(Fit::Small(Class(7))));
         assert_eq!(fit(2049, 8), Some(Fit::Small(Class(8))));
-        assert_eq!(fit(3072, 8), Some(Fit::Small(Class(8))));
-        assert_eq!(fit(3073, 8), Some(Fit::Span(1)));
+        assert_eq!(fit(2560, 8), Some(Fit::Small(Class(8))));
+        assert_eq!(fit(2561, 8), Some(Fit::Small(Class(9))));
+        assert_eq!(fit(3072, 8), Some(Fit::Small(Class(9))));
+        assert_eq!(fit(3073, 8), Some(Fit::Small(Class(10))));
+        assert_eq!(fit(3584, 8), Some(Fit::Small(Class(10))));
+        assert_eq!(fit(3585, 8), Some(Fit::Span(1)));
         assert_eq!(fit(4096, 8), Some(Fit::Span(1)));
-        assert_eq!(fit(4097, 8), Some(Fit::Small(Class(9))));
-        assert_eq!(fit(5120, 8), Some(Fit::Small(Class(9))));
+        assert_eq!(fit(4097, 8), Some(Fit::Small(Class(11))));
+        assert_eq!(fit(5120, 8), Some(Fit::Small(Class(11))));
         assert_eq!(fit(5121, 8), Some(Fit::Span(2)));
     }
 
@@ -283,10 +323,12 @@ mod tests {
         assert_eq!(fit(8, 8192), Some(Fit::Span(1)));
         assert_eq!(fit(3 * CHUNK, MAX_ALIGN), Some(Fit::Span(3)));
         assert_eq!(fit(8, MAX_ALIGN * 2), None);
-        // A mid-size class honours 1 KiB, not more.
-        assert_eq!(fit(2500, 1024), Some(Fit::Small(Class(8))));
+        // Mid-size classes honour 512 B (2560, 3584) or 1 KiB (3072, 5120), not more.
+        assert_eq!(fit(2500, 512), Some(Fit::Small(Class(8))));
+        assert_eq!(fit(2500, 1024), Some(Fit::Small(Class(9))));
         assert_eq!(fit(2500, 2048), Some(Fit::Span(1)));
-        assert_eq!(fit(4500, 1024), Some(Fit::Small(Class(9))));
+        assert_eq!(fit(3500, 1024), Some(Fit::Span(1)));
+        assert_eq!(fit(4500, 1024), Some(Fit::Small(Class(11))));
         assert_eq!(fit(4500, 2048), Some(Fit::Span(2)));
         for c in Class::all() {
             assert_eq!(fit(c.size(), c.align()), Some(Fit::Small(c)));
@@ -300,7 +342,11 @@ mod tests {
                 assert!(c.size() == MIN_BLOCK || !c.starts_block(at + MIN_BLOCK));
             }
         }
-        assert_eq!((Class(8).chunks(), Class(9).chunks()), (3, 5));
+        let chunks: std::vec::Vec<_> = Class::all().map(|c| (c.size(), c.chunks())).collect();
+        assert_eq!(
+            chunks.get(NPOW2..),
+            Some(&[(2560, 5), (3072, 3), (3584, 7), (5120, 5)][..])
+        );
     }
 
     #[test]
@@ -308,8 +354,10 @@ mod tests {
         assert_eq!(fit(usize::MAX, 1), Some(Fit::Span(usize::MAX / CHUNK + 1)));
         assert_eq!(good_size(usize::MAX), None);
         assert_eq!(good_size(100), Some(128));
-        assert_eq!(good_size(2100), Some(3072));
-        assert_eq!(good_size(3100), Some(4096));
+        assert_eq!(good_size(2100), Some(2560));
+        assert_eq!(good_size(3000), Some(3072));
+        assert_eq!(good_size(3100), Some(3584));
+        assert_eq!(good_size(3600), Some(4096));
         assert_eq!(good_size(4104), Some(5120));
         assert_eq!(good_size(5200), Some(8192));
     }

@@ -105,7 +105,7 @@ mod on {
     /// two of each mid-size class on heaps large enough to park them too (see
     /// `start_slow`).
     #[cfg(not(loom))]
-    const CAP: [u32; NCLASSES] = [128, 128, 64, 32, 16, 8, 4, 2, 2, 2];
+    const CAP: [u32; NCLASSES] = [128, 128, 64, 32, 16, 8, 4, 2, 2, 2, 2, 2];
     #[cfg(loom)]
     const CAP: [u32; NCLASSES] = [2; NCLASSES];
 

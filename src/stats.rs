@@ -9,8 +9,8 @@
 use core::fmt;
 
 /// Number of small size classes reported in [`Stats::classes`]: the eight powers of two
-/// 16..2048 B, then the mid-size classes 3072 and 5120 B.
-pub const CLASS_COUNT: usize = 10;
+/// 16..2048 B, then the mid-size classes 2560, 3072, 3584 and 5120 B.
+pub const CLASS_COUNT: usize = 12;
 
 /// One size class in a [`Stats`] snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

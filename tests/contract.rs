@@ -250,14 +250,14 @@ fn realloc_stays_in_place_within_a_class_and_keeps_bytes_when_moving() {
     pattern::fill(p, 100, 7);
     let q = unsafe { A.realloc(p, 128) };
     assert_eq!(p, q, "same class: in place");
-    let r = unsafe { A.realloc(q, 3500) };
+    let r = unsafe { A.realloc(q, 3700) };
     assert_ne!(q, r);
     verify(r, 100, 7, "moved to another class");
     // A span grows in place into free chunks behind it, and shrinks in place.
-    pattern::fill(r, 3500, 9);
+    pattern::fill(r, 3700, 9);
     let s = unsafe { A.realloc(r, 20_000) };
     assert_eq!(s, r, "span grows in place when the next chunks are free");
-    verify(s, 3500, 9, "span grown in place");
+    verify(s, 3700, 9, "span grown in place");
     let t = unsafe { A.realloc(s, 6000) };
     assert_eq!(t, s, "span shrinks in place");
     assert_eq!(A.usable_size(t), 8192);
@@ -301,52 +301,50 @@ fn stats_count_what_is_live() {
     assert_eq!(A.stats().bytes_in_use, 0);
 }
 
-/// Mid-size classes: 2049..3072 B take a 3 KiB block and 4097..5120 B a 5 KiB one, four
-/// to a slab of three or five chunks; blocks are distinct, 1 KiB aligned, keep their
-/// bytes, resize in place within their class, and every slab goes back to the free map
-/// when its blocks are freed.
+/// Mid-size classes: 2049..3584 B take a 2.5, 3 or 3.5 KiB block and 4097..5120 B a
+/// 5 KiB one, from slabs of several chunks; blocks are distinct, aligned, keep their
+/// bytes, resize in place within their class, and every slab goes back to the free
+/// map when its blocks are freed.
 #[test]
-fn mid_size_requests_take_three_and_five_kib_blocks() {
-    static A: SigAlloc<{ 256 << 10 }> = SigAlloc::new();
-    assert_eq!(A.good_size(2049), 3072);
-    assert_eq!(A.good_size(3073), 4096);
+fn mid_size_requests_take_blocks_between_the_powers_of_two() {
+    static A: SigAlloc<{ 512 << 10 }> = SigAlloc::new();
+    const MID: [(usize, usize); 4] = [(2560, 5), (3072, 3), (3584, 7), (5120, 5)];
+    let class_of = |size: usize| MID.iter().find(|c| c.0 >= size).unwrap().0;
+    assert_eq!(A.good_size(2049), 2560);
+    assert_eq!(A.good_size(3000), 3072);
+    assert_eq!(A.good_size(3585), 4096);
     assert_eq!(A.good_size(4104), 5120);
     assert_eq!(A.good_size(5121), 8192);
     let free_before = A.stats().chunks_free;
     let mut m = Model::new();
     let mut blocks = Vec::new();
-    for (i, size) in [2049, 3072, 4097, 4368, 5120, 2500]
-        .into_iter()
-        .cycle()
-        .take(40)
-        .enumerate()
-    {
+    let sizes = [2049, 2560, 2561, 3072, 3073, 3584, 4097, 4368, 5120, 2500];
+    for (i, size) in sizes.into_iter().cycle().take(80).enumerate() {
         let p = A.malloc(size);
         assert!(!p.is_null());
-        assert_eq!(p.addr() % 1024, 0, "a mid-size block is 1 KiB aligned");
-        let want = if size <= 3072 { 3072 } else { 5120 };
-        assert_eq!(A.usable_size(p), want);
+        assert_eq!(p.addr() % 512, 0, "a mid-size block is 512 B aligned");
+        assert_eq!(A.usable_size(p), class_of(size));
         m.on_alloc(p, size, 16, false, i as u64);
-        blocks.push((p, size, i as u64));
+        blocks.push((p, size));
         A.validate().unwrap();
     }
     let s = A.stats();
     assert_eq!(s.spans, 0, "no mid-size request took a span");
-    assert_eq!(s.classes[8].block_size, 3072);
-    assert_eq!(s.classes[9].block_size, 5120);
-    let n3 = blocks.iter().filter(|b| b.1 <= 3072).count();
-    assert_eq!(s.classes[8].blocks_in_use, n3);
-    assert_eq!(s.classes[9].blocks_in_use, 40 - n3);
+    for (class, (size, _)) in s.classes[8..].iter().zip(MID) {
+        assert_eq!(class.block_size, size);
+        let live = blocks.iter().filter(|b| class_of(b.1) == size).count();
+        assert_eq!(class.blocks_in_use, live, "{s}");
+    }
     // Same class: in place, bytes kept; another class: moved, bytes kept.
-    let (p, _, _) = blocks.swap_remove(0);
-    let q = unsafe { A.realloc(p, 3000) };
-    assert_eq!(q, p, "2049 -> 3000 stays in its 3 KiB block");
-    m.on_realloc(p, q, 3000, 16, 98);
+    let (p, _) = blocks.swap_remove(0);
+    let q = unsafe { A.realloc(p, 2500) };
+    assert_eq!(q, p, "2049 -> 2500 stays in its 2.5 KiB block");
+    m.on_realloc(p, q, 2500, 16, 98);
     let r = unsafe { A.realloc(q, 4500) };
-    assert_ne!(r, q, "3000 -> 4500 moves to the 5 KiB class");
+    assert_ne!(r, q, "2500 -> 4500 moves to the 5 KiB class");
     m.on_realloc(q, r, 4500, 16, 99);
-    blocks.push((r, 4500, 99));
-    for (p, _, _) in blocks.drain(..) {
+    blocks.push((r, 4500));
+    for (p, _) in blocks.drain(..) {
         m.on_free(p);
         unsafe { A.free(p) };
         A.validate().unwrap();
@@ -354,10 +352,13 @@ fn mid_size_requests_take_three_and_five_kib_blocks() {
     let s = A.stats();
     assert_eq!(s.bytes_in_use, 0);
     // Every slab went back to the free map, but those its class's active slots keep.
-    let kept = s.classes[8].chunks + s.classes[9].chunks;
+    let mut kept = 0;
+    for (class, (_, chunks)) in s.classes[8..].iter().zip(MID) {
+        assert_eq!(class.chunks % chunks, 0, "whole slabs: {s}");
+        assert!(class.chunks <= 4 * chunks, "at most a slab per slot: {s}");
+        kept += class.chunks;
+    }
     assert_eq!(s.chunks_free + kept, free_before, "{s}");
-    assert!(s.classes[8].chunks % 3 == 0 && s.classes[9].chunks % 5 == 0, "{s}");
-    assert!(kept <= 4 * (3 + 5), "at most a slab per slot: {s}");
 }
 
 /// Zeroed memory across slabs and spans: chunks dirtied as spans must read zero when a
