@@ -127,39 +127,20 @@ impl Memory<'_> {
     }
 }
 
-/// The small block that starts at `offset` of `chunk` of `region`, if one does: its
-/// class, and the chunk (a slab's first) and offset its descriptor counts from. The
-/// hot half of [`Block::at`], for `free`'s fast path.
+/// The class of the small block that starts at `offset` of `chunk` of `region`, if
+/// one does and `chunk` holds its descriptor: the hot half of [`Block::at`], for
+/// `free`'s fast path. (A block starting in a slab's tail chunk is `None` here: the
+/// caller resolves it through [`Block::at`], which finds the slab's first chunk.)
 #[inline(always)]
-pub(crate) fn small_at(
-    region: &Region,
-    chunk: usize,
-    offset: usize,
-) -> Option<(Class, usize, usize)> {
+pub(crate) fn small_at(region: &Region, chunk: usize, offset: usize) -> Option<Class> {
     // ORDERING: Relaxed: a live block's chunk keeps its class until the block is freed,
     // and the user's synchronisation with the allocating thread ordered the class write
     // (see the module docs).
-    let anchor = region.desc(chunk)?.anchor(Ordering::Relaxed);
-    match anchor.small_class() {
-        Some(class) => class.starts_block(offset).then_some((class, chunk, offset)),
-        None => slab_tail_slow(region, chunk, offset, anchor),
-    }
-}
-
-/// [`small_at`] for a chunk whose anchor names no class: a block starting in a live
-/// slab's tail chunk resolves through the slab's first chunk.
-#[cold]
-#[inline(never)]
-fn slab_tail_slow(
-    region: &Region,
-    chunk: usize,
-    offset: usize,
-    anchor: Anchor,
-) -> Option<(Class, usize, usize)> {
-    let (head, offset) = slab_head(chunk, offset, anchor)?;
-    // ORDERING: Relaxed, as in `small_at`: a live block's slab keeps its class.
-    let class = region.desc(head)?.anchor(Ordering::Relaxed).small_class()?;
-    (class.chunks() > chunk - head && class.starts_block(offset)).then_some((class, head, offset))
+    let class = region
+        .desc(chunk)?
+        .anchor(Ordering::Relaxed)
+        .small_class()?;
+    class.starts_block(offset).then_some(class)
 }
 
 /// For a chunk of a live slab past its first: the slab's first chunk, and `offset`

@@ -52,11 +52,68 @@ const fn mid_size(id: usize) -> usize {
     }
 }
 
-/// Chunks in a slab of mid-size class `id`: the fewest whole chunks that a whole
-/// number of blocks fills exactly (so carving wastes no slot).
+/// Chunks in a slab of mid-size class `id` (checked below to be the fewest whole
+/// chunks that a whole number of blocks fills exactly).
 #[inline(always)]
 const fn mid_chunks(id: usize) -> usize {
-    let size = mid_size(id);
+    match id.wrapping_sub(NPOW2) {
+        0 => 5,
+        1 => 3,
+        2 => 7,
+        _ => 5,
+    }
+}
+
+/// Blocks in a slab of mid-size class `id`.
+#[inline(always)]
+const fn mid_capacity(id: usize) -> u32 {
+    match id.wrapping_sub(NPOW2) {
+        0 => 8,
+        1 => 4,
+        2 => 8,
+        _ => 4,
+    }
+}
+
+/// log2 of the largest power of two dividing mid-size class `id`'s block size.
+#[inline(always)]
+const fn mid_shift(id: usize) -> u32 {
+    mid_size(id).trailing_zeros()
+}
+
+/// `2^RECIPROCAL_SHIFT / odd`, rounded up, where `odd` is mid-size class `id`'s block
+/// size without its factors of two (5, 3, 7 or 5).
+#[inline(always)]
+const fn mid_reciprocal(id: usize) -> usize {
+    (1usize << RECIPROCAL_SHIFT).div_ceil(mid_size(id) >> mid_shift(id))
+}
+const RECIPROCAL_SHIFT: u32 = 16;
+
+/// Whether `index_of` is exact for every byte of every slab (then so is
+/// `starts_block`, which multiplies back). Both it and the true quotient are monotone
+/// in the offset, and block boundaries are multiples of `MIN_BLOCK`, so it suffices
+/// to check the first and last byte of every `MIN_BLOCK` granule.
+const fn slab_indices_hold() -> bool {
+    let mut id = NPOW2;
+    while id < NCLASSES {
+        let class = Class(id as u8);
+        let mut offset = 0;
+        while offset < class.slab_bytes() {
+            let last = offset + MIN_BLOCK - 1;
+            if class.index_of(offset) as usize != offset / class.size()
+                || class.index_of(last) as usize != last / class.size()
+            {
+                return false;
+            }
+            offset += MIN_BLOCK;
+        }
+        id += 1;
+    }
+    true
+}
+
+/// The fewest whole chunks that a whole number of `size`-byte blocks fills exactly.
+const fn fewest_chunks(size: usize) -> usize {
     let (mut a, mut b) = (size, CHUNK);
     while b != 0 {
         (a, b) = (b, a % b);
@@ -79,7 +136,8 @@ const fn max_slab_chunks() -> usize {
 /// slot (the block size divides the slab), each slab is more than one chunk (else it
 /// would be a power-of-two class), the classes grow, every block is aligned to at least
 /// `MIN_BLOCK` (sizes are multiples of it; slabs start on a chunk), and each class is
-/// cheaper than the span that would serve its largest request otherwise.
+/// cheaper than the span that would serve its largest request otherwise; the tables
+/// agree (a slab is the fewest chunks that fit, its capacity what it holds).
 const fn mid_classes_hold() -> bool {
     let mut id = NPOW2;
     let mut below = MAX_POW2;
@@ -87,6 +145,9 @@ const fn mid_classes_hold() -> bool {
         let (size, chunks) = (mid_size(id), mid_chunks(id));
         let slab = chunks * CHUNK;
         if slab / size < 2 || slab % size != 0 || chunks < 2 || size <= below {
+            return false;
+        }
+        if chunks != fewest_chunks(size) || mid_capacity(id) as usize != slab / size {
             return false;
         }
         if size % MIN_BLOCK != 0 || size >= size.div_ceil(CHUNK) * CHUNK {
@@ -111,6 +172,7 @@ const_assert!(CHUNK % MAX_POW2 == 0 && CHUNK % MIN_BLOCK == 0);
 const_assert!(MAX_POW2.is_power_of_two() && MIN_BLOCK.is_power_of_two());
 // ... and so do the mid-size classes, in their slabs.
 const_assert!(mid_classes_hold());
+const_assert!(slab_indices_hold());
 // A slab's bytes fit the 16-bit dirty field of `chunk::Carve`, and the distance from a
 // tail chunk to its head fits the anchor's count field.
 const_assert!(MAX_SLAB_CHUNKS * CHUNK < 1 << 16 && MAX_SLAB_CHUNKS < 1 << 12);
@@ -192,7 +254,11 @@ impl Class {
     /// Blocks per chunk (or slab).
     #[inline(always)]
     pub(crate) const fn capacity(self) -> u32 {
-        (self.slab_bytes() / self.size()) as u32
+        if self.is_slab() {
+            mid_capacity(self.0 as usize)
+        } else {
+            (CHUNK >> self.shift()) as u32
+        }
     }
 
     /// Byte offset of block `idx` from the chunk's (or slab's) start.
@@ -205,11 +271,16 @@ impl Class {
         }
     }
 
-    /// Index of the block that holds byte `offset` of the chunk (or slab).
+    /// Index of the block that holds byte `offset` of the chunk (or slab), for an
+    /// offset inside it.
     #[inline(always)]
     pub(crate) const fn index_of(self, offset: usize) -> u32 {
         if self.is_slab() {
-            (offset / self.size()) as u32
+            // No division on the free path: a slab block is `odd << shift` bytes, so
+            // the index is `(offset >> shift) / odd`, a multiply by a reciprocal that
+            // is exact for every offset in a slab (checked at compile time below).
+            let id = self.0 as usize;
+            (((offset >> mid_shift(id)) * mid_reciprocal(id)) >> RECIPROCAL_SHIFT) as u32
         } else {
             (offset >> self.shift()) as u32
         }
@@ -219,7 +290,7 @@ impl Class {
     #[inline(always)]
     pub(crate) const fn starts_block(self, offset: usize) -> bool {
         if self.is_slab() {
-            offset % self.size() == 0 && offset < self.slab_bytes()
+            offset < self.slab_bytes() && self.offset_of(self.index_of(offset)) == offset
         } else {
             offset & (self.size() - 1) == 0
         }

@@ -379,10 +379,16 @@ impl Heap {
     }
 
     fn give_back_in(&self, mem: &Memory, region: &Region, chunk: usize, offset: usize) {
-        if let Some((class, chunk, offset)) = block::small_at(region, chunk, offset) {
-            let idx = class.index_of(offset);
+        let at = Place {
+            region: *region,
+            chunk,
+            offset,
+        };
+        // (Resolved whole: a block may start in a slab's tail chunk.)
+        if let Block::Small { at, class } = Block::at(at) {
+            let idx = class.index_of(at.offset);
             // A parked block is live to its chunk: this push cannot be refused.
-            let _ = self.push_to_chunk(mem, region, chunk, class, idx);
+            let _ = self.push_to_chunk(mem, &at.region, at.chunk, class, idx);
         }
     }
 
@@ -834,7 +840,7 @@ impl Heap {
     pub(crate) fn free_ptr(&self, mem: &Memory, ptr: *mut u8) -> Result<(), Refused> {
         let home = mem.regions.home();
         if let Some((chunk, offset)) = home.locate(ptr) {
-            if let Some((class, chunk, offset)) = block::small_at(home, chunk, offset) {
+            if let Some(class) = block::small_at(home, chunk, offset) {
                 return self.free_small(mem, home, chunk, offset, class);
             }
             return self.free_resolved_slow(mem, ptr);
@@ -855,7 +861,7 @@ impl Heap {
     fn free_elsewhere_slow(&self, mem: &Memory, ptr: *mut u8) -> Result<(), Refused> {
         let found = mem.regions.find_other(ptr);
         if let Some((region, chunk, offset)) = found {
-            if let Some((class, chunk, offset)) = block::small_at(&region, chunk, offset) {
+            if let Some(class) = block::small_at(&region, chunk, offset) {
                 return self.free_small(mem, &region, chunk, offset, class);
             }
         }
@@ -1200,7 +1206,7 @@ mod tests {
         let home = mem.regions.home();
         let (chunk, offset) = home.locate(p).unwrap();
         let d = home.desc(chunk).unwrap();
-        let (class, chunk, offset) = crate::block::small_at(home, chunk, offset).unwrap();
+        let class = crate::block::small_at(home, chunk, offset).unwrap();
         // SAFETY: `p` is live and ours; pushing it without clearing its live bit is the
         // corruption under test (nothing else uses this heap).
         unsafe { d.push(home.chunk_base(chunk), class, class.index_of(offset)) };
