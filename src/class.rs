@@ -184,6 +184,13 @@ const_assert!(MAX_BLOCKS <= 1 << 12);
 // field.
 const_assert!(NCLASSES < 14);
 
+/// Marks the path that calls it as unlikely (the mid-size arms of `Class`'s methods),
+/// so the power-of-two paths of `alloc` and `free` keep their short code. (What
+/// `core::hint::cold_path` does, which is newer than the crate's MSRV.)
+#[cold]
+#[inline(always)]
+const fn cold() {}
+
 /// A small size class: blocks of `16 << id` bytes for `id < NPOW2`, else a mid-size
 /// class served from slabs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +228,7 @@ impl Class {
     #[inline(always)]
     pub(crate) const fn size(self) -> usize {
         if self.is_slab() {
+            cold();
             mid_size(self.0 as usize)
         } else {
             1 << self.shift()
@@ -231,6 +239,7 @@ impl Class {
     #[inline(always)]
     pub(crate) const fn chunks(self) -> usize {
         if self.is_slab() {
+            cold();
             mid_chunks(self.0 as usize)
         } else {
             1
@@ -255,6 +264,7 @@ impl Class {
     #[inline(always)]
     pub(crate) const fn capacity(self) -> u32 {
         if self.is_slab() {
+            cold();
             mid_capacity(self.0 as usize)
         } else {
             (CHUNK >> self.shift()) as u32
@@ -265,6 +275,7 @@ impl Class {
     #[inline(always)]
     pub(crate) const fn offset_of(self, idx: u32) -> usize {
         if self.is_slab() {
+            cold();
             idx as usize * self.size()
         } else {
             (idx as usize) << self.shift()
@@ -276,6 +287,7 @@ impl Class {
     #[inline(always)]
     pub(crate) const fn index_of(self, offset: usize) -> u32 {
         if self.is_slab() {
+            cold();
             // No division on the free path: a slab block is `odd << shift` bytes, so
             // the index is `(offset >> shift) / odd`, a multiply by a reciprocal that
             // is exact for every offset in a slab (checked at compile time below).
@@ -290,6 +302,7 @@ impl Class {
     #[inline(always)]
     pub(crate) const fn starts_block(self, offset: usize) -> bool {
         if self.is_slab() {
+            cold();
             offset < self.slab_bytes() && self.offset_of(self.index_of(offset)) == offset
         } else {
             offset & (self.size() - 1) == 0
