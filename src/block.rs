@@ -6,6 +6,10 @@
 //! [`Memory::resolve`]. The inline heap is tried first with its constants in
 //! registers; other regions and the source's huge blocks are the cold path.
 //!
+//! A pointer into a chunk of a mid-size slab past its first (a *tail*, see `class.rs`)
+//! resolves to the slab's first chunk, which holds its descriptor, and the offset from
+//! there: the tail's anchor names the distance back, so this is one more load, O(1).
+//!
 //! The resolution reads the chunk's anchor once (Relaxed). For a live block that
 //! snapshot cannot go stale while its caller holds the block: only a free of the block
 //! (by its holder, the caller) can retire its chunk. For a pointer that is not a live
@@ -124,7 +128,9 @@ impl Memory<'_> {
 }
 
 /// The class of the small block that starts at `offset` of `chunk` of `region`, if
-/// one does: the hot half of [`Block::at`], for `free`'s fast path.
+/// one does and `chunk` holds its descriptor: the hot half of [`Block::at`], for
+/// `free`'s fast path. (A block starting in a slab's tail chunk is `None` here: the
+/// caller resolves it through [`Block::at`], which finds the slab's first chunk.)
 #[inline(always)]
 pub(crate) fn small_at(region: &Region, chunk: usize, offset: usize) -> Option<Class> {
     // ORDERING: Relaxed: a live block's chunk keeps its class until the block is freed,
@@ -134,20 +140,47 @@ pub(crate) fn small_at(region: &Region, chunk: usize, offset: usize) -> Option<C
         .desc(chunk)?
         .anchor(Ordering::Relaxed)
         .small_class()?;
-    (offset & (class.size() - 1) == 0).then_some(class)
+    class.starts_block(offset).then_some(class)
+}
+
+/// For a chunk of a live slab past its first: the slab's first chunk, and `offset`
+/// counted from there.
+#[inline(always)]
+fn slab_head(chunk: usize, offset: usize, anchor: Anchor) -> Option<(usize, usize)> {
+    let back = anchor.live_tail()?;
+    Some((chunk.checked_sub(back)?, offset + (back << CHUNK_SHIFT)))
 }
 
 impl Block {
-    /// What lies at `at`, from its chunk's anchor.
+    /// What lies at `at`, from its chunk's anchor (its slab's first chunk's, for a
+    /// slab's tail).
     #[inline(always)]
-    pub(crate) fn at(at: Place) -> Block {
+    pub(crate) fn at(mut at: Place) -> Block {
         let Some(d) = at.desc() else {
             return Block::Foreign;
         };
         // ORDERING: Relaxed, as in `small_at`.
-        let anchor = d.anchor(Ordering::Relaxed);
+        let mut anchor = d.anchor(Ordering::Relaxed);
+        if let Some((head, offset)) = slab_head(at.chunk, at.offset, anchor) {
+            let first = Place {
+                chunk: head,
+                offset,
+                ..at
+            };
+            // ORDERING: Relaxed, as in `small_at`.
+            let ha = first.desc().map(|hd| hd.anchor(Ordering::Relaxed));
+            if let Some(ha) = ha.filter(|ha| {
+                ha.small_class()
+                    .is_some_and(|c| c.chunks() > at.chunk - head)
+            }) {
+                (at, anchor) = (first, ha);
+            }
+        }
+        let Some(d) = at.desc() else {
+            return Block::Foreign;
+        };
         match anchor.small_class() {
-            Some(class) if at.offset & (class.size() - 1) == 0 => Block::Small { at, class },
+            Some(class) if class.starts_block(at.offset) => Block::Small { at, class },
             None if anchor.state() == ACTIVE && anchor.class() == SPAN_CLASS && at.offset == 0 => {
                 // ORDERING: Relaxed: the span is live (the caller holds it).
                 let chunks = d.span.load(Ordering::Relaxed) as usize;

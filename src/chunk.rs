@@ -57,6 +57,11 @@ pub(crate) const SPAN_CLASS: u32 = 15;
 /// The class field of a span's other chunks (state `EMPTY`): lets checked mode tell a
 /// pointer into a span from a second free of a span head.
 pub(crate) const SPAN_TAIL_CLASS: u32 = 14;
+/// The class field of a slab's other chunks (see `class.rs`): their `count` field holds
+/// the distance back to the slab's first chunk, which holds the slab's state. `ACTIVE`
+/// while the slab serves its class, `EMPTY` once it was retired.
+pub(crate) const SLAB_TAIL_CLASS: u32 = 13;
+static_assertions::const_assert!(crate::class::NCLASSES <= SLAB_TAIL_CLASS as usize);
 
 /// The anchor word, unpacked. Layout: count bits 0..13, head 13..25, class 25..29,
 /// state 29..31. It fits 32 bits so every target's single-word CAS serves (I2).
@@ -96,13 +101,27 @@ impl Anchor {
     pub(crate) const fn state(self) -> u32 {
         (self.0 >> Self::STATE_SHIFT) & 3
     }
-    /// The small class, if this anchor is a live small-block chunk's.
+    /// The small class, if this anchor is a live small-block chunk's (or slab head's).
     #[inline(always)]
     pub(crate) const fn small_class(self) -> Option<Class> {
         if self.state() == EMPTY {
             None
         } else {
             Class::from_id(self.class())
+        }
+    }
+    /// The anchor of chunk `distance` of a slab, past its first.
+    #[inline(always)]
+    pub(crate) const fn slab_tail(state: u32, distance: usize) -> Anchor {
+        Anchor::new(state, SLAB_TAIL_CLASS, 0, distance as u32)
+    }
+    /// For a chunk of a live slab past its first: how many chunks back the slab starts.
+    #[inline(always)]
+    pub(crate) const fn live_tail(self) -> Option<usize> {
+        if self.state() != EMPTY && self.class() == SLAB_TAIL_CLASS {
+            Some(self.count() as usize)
+        } else {
+            None
         }
     }
 }
@@ -191,10 +210,10 @@ fn live_bit(idx: u32) -> (usize, usize) {
     ((idx / w) as usize, 1 << (idx % w))
 }
 
-/// Block `idx` of the chunk at `base`.
+/// Block `idx` of the chunk (or slab) at `base`.
 #[inline(always)]
 fn block(base: *mut u8, class: Class, idx: u32) -> *mut u8 {
-    base.wrapping_add((idx as usize) << class.shift())
+    base.wrapping_add(class.offset_of(idx))
 }
 
 impl Desc {
@@ -293,7 +312,7 @@ impl Desc {
         let carved = carve.carved();
         if carved < class.capacity() {
             self.set_carve(Carve::new(carved + 1, carve.dirty()));
-            let zero = (carved as usize) << class.shift() >= carve.dirty() as usize;
+            let zero = class.offset_of(carved) >= carve.dirty() as usize;
             return Some((carved, zero));
         }
         // SAFETY: forwarded from our caller.
@@ -476,18 +495,28 @@ impl Desc {
         }
     }
 
-    /// Resets an `EMPTY` chunk the caller owns before it goes back to the free map.
-    /// Remembers how far its memory has been dirtied, for `alloc_zeroed`.
+    /// Resets an `EMPTY` chunk (or slab head) the caller owns before it goes back to
+    /// the free map. Remembers how far its memory has been dirtied, for
+    /// `alloc_zeroed`; for a slab, that is counted from the slab's start, and the
+    /// caller hands each chunk its share (`set_dirty_bytes`).
     pub(crate) fn reset(&self, class: Option<Class>) {
         // Owner-only words; the free map's Release publishes them.
         let carve = self.carve();
-        let used = match class {
-            Some(c) => (carve.carved() as usize) << c.shift(),
-            None => CHUNK,
+        let (used, bytes) = match class {
+            Some(c) => (c.offset_of(carve.carved()), c.slab_bytes()),
+            None => (CHUNK, CHUNK),
         };
-        let dirty = (carve.dirty() as usize).max(used).min(CHUNK) as u32;
+        let dirty = (carve.dirty() as usize).max(used).min(bytes) as u32;
         self.set_carve(Carve::new(0, dirty));
         self.set_private(Private::EMPTY);
+    }
+
+    /// Records that the first `bytes` of the chunk (or of the slab it is about to
+    /// head) may have been handed out since they were zero. Owner-only (the caller
+    /// holds the chunk's used bit, or owns its `EMPTY` slab).
+    pub(crate) fn set_dirty_bytes(&self, bytes: usize) {
+        let dirty = bytes.min(u16::MAX as usize) as u32;
+        self.set_carve(Carve::new(0, dirty));
     }
 
     /// Whether the chunk's memory is still all zero. Only meaningful to its owner.

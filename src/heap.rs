@@ -25,7 +25,7 @@
 //! `report`. Upholds I1-I4, I6.
 
 use crate::block::{self, Block, Memory, Place};
-use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SPAN_CLASS, SPAN_TAIL_CLASS};
+use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SLAB_TAIL_CLASS, SPAN_CLASS, SPAN_TAIL_CLASS};
 use crate::class::{fit, Class, Fit, CHUNK, NCLASSES};
 use crate::percpu::{Caches, Popped, Stored, LIVE};
 use crate::region::{ChunkId, Region, LISTS, MAX_REGION_CHUNKS};
@@ -283,7 +283,7 @@ impl Heap {
         let ok = match mem.resolve(block) {
             Block::Small { at, class } => at
                 .desc()
-                .is_some_and(|d| d.mark_live((at.offset >> class.shift()) as u32)),
+                .is_some_and(|d| d.mark_live(class.index_of(at.offset))),
             _ => false,
         };
         if !ok {
@@ -381,7 +381,7 @@ impl Heap {
             let Some((idx, z)) = (unsafe { d.owner_pop(base, class) }) else {
                 return (n, zero);
             };
-            *out = base.wrapping_add((idx as usize) << class.shift());
+            *out = base.wrapping_add(class.offset_of(idx));
             if n == 0 {
                 zero = z;
                 #[cfg(feature = "checked")]
@@ -408,10 +408,16 @@ impl Heap {
     }
 
     fn give_back_in(&self, mem: &Memory, region: &Region, chunk: usize, offset: usize) {
-        if let Some(class) = block::small_at(region, chunk, offset) {
-            let idx = (offset >> class.shift()) as u32;
+        let at = Place {
+            region: *region,
+            chunk,
+            offset,
+        };
+        // (Resolved whole: a block may start in a slab's tail chunk.)
+        if let Block::Small { at, class } = Block::at(at) {
+            let idx = class.index_of(at.offset);
             // A parked block is live to its chunk: this push cannot be refused.
-            let _ = self.push_to_chunk(mem, region, chunk, class, idx);
+            let _ = self.push_to_chunk(mem, &at.region, at.chunk, class, idx);
         }
     }
 
@@ -450,7 +456,7 @@ impl Heap {
         let base = region.chunk_base(chunk);
         // SAFETY: I1, we own `chunk`: it came out of a slot, a claim or the free map.
         let (idx, zero) = unsafe { d.owner_pop(base, class) }?;
-        let block = base.wrapping_add((idx as usize) << class.shift());
+        let block = base.wrapping_add(class.offset_of(idx));
         #[cfg(feature = "checked")]
         if !d.mark_live(idx) {
             // A block handed out twice would break I1: keep it back (a leak, reported)
@@ -474,8 +480,13 @@ impl Heap {
             return Some(got);
         }
         for region in mem.regions.all().filter(|region| !is_full(region)) {
-            if let Some(chunk) = self.claim_free_near(&region, hint) {
-                region.desc(chunk)?.format(class, hint % LISTS);
+            let claimed = if class.is_slab() {
+                self.claim_free(&region, class.chunks(), CHUNK)
+            } else {
+                self.claim_free_near(&region, hint)
+            };
+            if let Some(chunk) = claimed {
+                format(&region, chunk, class, hint % LISTS)?;
                 return self.pop_and_keep(mem, &region, class, chunk, hint);
             }
         }
@@ -489,8 +500,8 @@ impl Heap {
                 return Some(got);
             }
         }
-        let (region, chunk) = self.claim_chunks_slow(mem, 1, CHUNK)?;
-        region.desc(chunk)?.format(class, hint % LISTS);
+        let (region, chunk) = self.claim_chunks_slow(mem, class.chunks(), CHUNK)?;
+        format(&region, chunk, class, hint % LISTS)?;
         self.pop_and_keep(mem, &region, class, chunk, hint)
     }
 
@@ -568,10 +579,28 @@ impl Heap {
         }
     }
 
-    /// Returns `chunk`, `EMPTY` and owned by the caller, to the free map.
+    /// Returns `chunk` (a slab's first chunk, for a mid-size class), `EMPTY` and owned
+    /// by the caller, to the free map, with the rest of its slab.
     fn retire(&self, mem: &Memory, region: &Region, chunk: usize, class: Option<Class>) {
+        let chunks = class.map_or(1, Class::chunks);
         if let Some(d) = region.desc(chunk) {
             d.reset(class);
+            if chunks > 1 {
+                // Each chunk of the slab gets its share of the slab's dirty bytes, and
+                // its tails say the slab is gone (so a second free of one of its blocks
+                // is told from a pointer into nothing). Owner-only words: the used
+                // map's Release below publishes them to the chunks' next owners.
+                let dirty = d.dirty_bytes();
+                for k in 1..chunks {
+                    if let Some(tail) = region.desc(chunk + k) {
+                        tail.set_dirty_bytes(dirty.saturating_sub(k * CHUNK).min(CHUNK));
+                        // ORDERING: Relaxed: as above.
+                        tail.anchor
+                            .store(Anchor::slab_tail(EMPTY, k).0, Ordering::Relaxed);
+                    }
+                }
+                d.set_dirty_bytes(dirty.min(CHUNK));
+            }
         }
         if let Some(class) = class {
             // A listing left by a releaser that was overtaken; claimers would drop it
@@ -580,9 +609,14 @@ impl Heap {
                 region.partial(class, list).clear(chunk);
             }
         }
-        self.count_released(1);
-        region.used().clear(chunk);
-        lower_cursor(region, zone_of(region, chunk), chunk);
+        self.count_released(chunks);
+        if chunks == 1 {
+            region.used().clear(chunk);
+            lower_cursor(region, zone_of(region, chunk), chunk);
+        } else {
+            region.used().release_run(chunk, chunks);
+            lower_cursor(region, SLOTS, chunk);
+        }
         set_full(region, false);
         mem.source.retired(&mem.regions, region);
     }
@@ -863,7 +897,8 @@ impl Heap {
         self.free(mem, mem.resolve_found(ptr, found))
     }
 
-    /// Frees the small block at `offset` of `chunk` of `region`, of `class`.
+    /// Frees the small block at `offset` of `chunk` of `region` (of a slab's first
+    /// chunk, for a mid-size class), of `class`.
     #[inline(always)]
     fn free_small(
         &self,
@@ -873,7 +908,7 @@ impl Heap {
         offset: usize,
         class: Class,
     ) -> Result<(), Refused> {
-        let idx = (offset >> class.shift()) as u32;
+        let idx = class.index_of(offset);
         #[cfg(feature = "checked")]
         if !region.desc(chunk).ok_or(Refused::Invalid)?.mark_freed(idx) {
             return Err(Refused::DoubleFree);
@@ -921,9 +956,7 @@ impl Heap {
                 head = next;
             }
         }
-        let block = region
-            .chunk_base(chunk)
-            .wrapping_add((idx as usize) << class.shift());
+        let block = region.chunk_base(chunk).wrapping_add(class.offset_of(idx));
         if self.cache.push(class, block) == Stored::Cached {
             return Ok(());
         }
@@ -989,7 +1022,7 @@ impl Heap {
             (Block::Huge { usable, .. }, _) => huge_keeps(*usable, size),
             (_, Some(Fit::Small(class))) => have == class.size(),
             (_, Some(Fit::Span(chunks))) => {
-                chunks.checked_mul(CHUNK) == Some(have) && have > crate::class::MAX_SMALL
+                matches!(block, Block::Span { .. }) && chunks.checked_mul(CHUNK) == Some(have)
             }
             (_, None) => false,
         }
@@ -1079,9 +1112,9 @@ fn dead_free_slow(at: Place, anchor: Anchor) -> Refused {
     }
     let again = match Class::from_id(anchor.class()) {
         Some(class) => {
-            at.offset & (class.size() - 1) == 0
-                && at.desc().is_some_and(|d| at.offset < d.dirty_bytes())
+            class.starts_block(at.offset) && at.desc().is_some_and(|d| at.offset < d.dirty_bytes())
         }
+        None if anchor.class() == SLAB_TAIL_CLASS => retired_tail_block(at, anchor),
         None => anchor.class() == SPAN_CLASS && at.offset == 0,
     };
     if again {
@@ -1089,6 +1122,51 @@ fn dead_free_slow(at: Place, anchor: Anchor) -> Refused {
     } else {
         Refused::Invalid
     }
+}
+
+/// Whether a block of a retired slab started at `at`, in one of the slab's tail chunks
+/// (`anchor`, `EMPTY`, names the distance back to its first), below the dirtied part.
+fn retired_tail_block(at: Place, anchor: Anchor) -> bool {
+    let back = anchor.count() as usize;
+    let Some(head) = at.chunk.checked_sub(back).and_then(|h| at.region.desc(h)) else {
+        return false;
+    };
+    // ORDERING: Relaxed: only classifies a refused free.
+    let head = head.anchor(Ordering::Relaxed);
+    head.state() == EMPTY
+        && Class::from_id(head.class()).is_some_and(|class| {
+            class.chunks() > back
+                && class.starts_block(at.offset + back * CHUNK)
+                && at.desc().is_some_and(|d| at.offset < d.dirty_bytes())
+        })
+}
+
+/// Formats chunk `first` of `region`, just claimed for `class` (with the rest of its
+/// slab, for a mid-size class), for home list `home`.
+fn format(region: &Region, first: usize, class: Class, home: usize) -> Option<()> {
+    let d = region.desc(first)?;
+    if class.is_slab() {
+        // Owner-only words of chunks we hold the used bits of (the used map's Acquire
+        // claim ordered them); the chunk's owner's Release CAS publishes them. The
+        // slab's dirty bytes are counted from its start: the last dirty chunk's end.
+        let mut dirty = 0;
+        for k in (1..class.chunks()).rev() {
+            let tail = region.desc(first + k)?;
+            if dirty == 0 && !tail.is_clean() {
+                dirty = k * CHUNK + tail.dirty_bytes();
+            }
+            // ORDERING: Relaxed: we own the slab; a free of one of its blocks reads
+            // this through the user's synchronisation with the allocating thread.
+            tail.anchor
+                .store(Anchor::slab_tail(ACTIVE, k).0, Ordering::Relaxed);
+        }
+        if dirty == 0 {
+            dirty = d.dirty_bytes();
+        }
+        d.set_dirty_bytes(dirty);
+    }
+    d.format(class, home);
+    Some(())
 }
 
 /// The first chunk of `region`'s zone `zone` (`< SLOTS`).
@@ -1175,13 +1253,7 @@ mod tests {
         let class = crate::block::small_at(home, chunk, offset).unwrap();
         // SAFETY: `p` is live and ours; pushing it without clearing its live bit is the
         // corruption under test (nothing else uses this heap).
-        unsafe {
-            d.push(
-                home.chunk_base(chunk),
-                class,
-                (offset >> class.shift()) as u32,
-            )
-        };
+        unsafe { d.push(home.chunk_base(chunk), class, class.index_of(offset)) };
         let mut held = std::vec::Vec::new();
         for _ in 0..200 {
             let q = HEAP.malloc(64);

@@ -51,7 +51,7 @@ pub(crate) fn stats(heap: &Heap, mem: &Memory) -> Stats {
                     let free = d.free_blocks(class) as usize;
                     let in_use = class.capacity() as usize - free;
                     if let Some(out) = s.classes.get_mut(class.id()) {
-                        out.chunks += 1;
+                        out.chunks += class.chunks();
                         out.blocks_free += free;
                         out.blocks_in_use += in_use;
                     }
@@ -119,10 +119,21 @@ fn validate_region(heap: &Heap, region: &Region) -> Result<(), &'static str> {
             None if slots > 0 => return Err("a free or span chunk sits in a slot"),
             None => {
                 // A span tail is used or free with its span; anything else is used
-                // exactly when it heads a live span.
+                // exactly when it heads a live span or is a live slab's tail.
                 let live_span = a.state() == ACTIVE && a.class() == SPAN_CLASS;
-                if a.class() != SPAN_TAIL_CLASS && live_span != used.get(chunk) {
-                    return Err("a free chunk is marked used, or a span chunk free");
+                let live_tail = a.live_tail();
+                if a.class() != SPAN_TAIL_CLASS
+                    && (live_span || live_tail.is_some()) != used.get(chunk)
+                {
+                    return Err("a free chunk is marked used, or a span or slab chunk free");
+                }
+                if let Some(back) = live_tail {
+                    // A live tail's slab is live, of a class that long.
+                    let head = chunk.checked_sub(back).and_then(|h| region.desc(h));
+                    let class = head.and_then(|h| h.anchor(Ordering::Relaxed).small_class());
+                    if !class.is_some_and(|c| c.chunks() > back && back > 0) {
+                        return Err("a slab tail whose slab is not live");
+                    }
                 }
             }
         }

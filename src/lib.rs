@@ -77,7 +77,8 @@ pub const DEFAULT_HEAP: usize = 2 << 20;
 pub const CHUNK_SIZE: usize = class::CHUNK;
 /// The largest alignment honoured; a larger one gets null.
 pub const MAX_ALIGN: usize = class::MAX_ALIGN;
-/// The largest request served from a size class; larger ones take whole chunks.
+/// The largest request served from a size class (5 KiB); larger ones take whole chunks,
+/// and so do those that a whole chunk serves as cheaply as a class (3585..4096 B).
 pub const MAX_SMALL: usize = class::MAX_SMALL;
 
 static_assertions::const_assert_eq!(stats::CLASS_COUNT, class::NCLASSES);

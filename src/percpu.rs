@@ -111,12 +111,13 @@ mod on {
     pub(super) const MAG_SHIFT: u32 = 12;
 
     /// Blocks per class a magazine holds for a heap of 2 MiB or more: 86 KiB per
-    /// magazine at most, most of it for the 256 and 512 B classes, where programs
-    /// allocate a lot (a class's count walks up and down with its frees and
-    /// allocations; a small cap makes it hit 0 or the cap, a refill or a spill, every
-    /// few dozen calls). Smaller heaps scale it down (`start_slow`).
+    /// magazine at most for the power-of-two classes, most of it for 256 and 512 B,
+    /// where programs allocate a lot (a class's count walks up and down with its frees
+    /// and allocations; a small cap makes it hit 0 or the cap, a refill or a spill,
+    /// every few dozen calls); two of each mid-size class on heaps large enough to
+    /// park them too. Smaller heaps scale it down (`start_slow`).
     #[cfg(not(loom))]
-    const CAP: [u32; NCLASSES] = [128, 128, 64, 64, 48, 48, 16, 8];
+    const CAP: [u32; NCLASSES] = [128, 120, 64, 64, 48, 48, 16, 8, 2, 2, 2, 2];
     #[cfg(loom)]
     const CAP: [u32; NCLASSES] = [2; NCLASSES];
 
@@ -365,13 +366,21 @@ mod on {
             };
             let mut scale = 0;
             // (Loom's heaps are a few chunks; its models keep the tiny caps as they are.)
-            while cfg!(not(loom)) && scale < 8 && (PARKED >> scale) > heap_bytes / 16 {
+            while cfg!(not(loom)) && scale < 8 && (PARKED_POW2 >> scale) > heap_bytes / 16 {
                 scale += 1;
             }
+            // The mid-size classes are parked only where the budget holds them at full
+            // caps beside the rest (so a 2 MiB heap keeps its power-of-two caps whole).
+            let mid = cfg!(loom) || PARKED <= heap_bytes / 16;
             // Racing set-ups write the same values.
-            for (cap, full) in self.ctl.caps.iter().zip(CAP) {
+            for ((cap, full), class) in self.ctl.caps.iter().zip(CAP).zip(Class::all()) {
+                let cap_now = match (class.is_slab(), mid) {
+                    (false, _) => full >> scale,
+                    (true, true) => full,
+                    (true, false) => 0,
+                };
                 // ORDERING: Relaxed: published by the Release CAS below.
-                cap.store(full >> scale, Ordering::Relaxed);
+                cap.store(cap_now, Ordering::Relaxed);
             }
             for (array, at) in self.ctl.arrays.iter().zip(ARRAY_AT) {
                 // ORDERING: Relaxed: published by the Release CAS below.
@@ -585,16 +594,21 @@ mod on {
         }
     }
 
-    const PARKED: usize = parked_bytes();
+    const PARKED: usize = parked_bytes(NCLASSES);
+    const PARKED_POW2: usize = parked_bytes(crate::class::NPOW2);
 
-    /// The most bytes one magazine parks at full caps.
+    /// The most bytes one magazine parks at full caps in classes `0..classes`.
     // Evaluated at compile time only (`PARKED`).
     #[allow(clippy::indexing_slicing)]
-    const fn parked_bytes() -> usize {
+    const fn parked_bytes(classes: usize) -> usize {
         let mut sum = 0;
         let mut c = 0;
-        while c < NCLASSES {
-            sum += (CAP[c] as usize) << (crate::class::MIN_SHIFT as usize + c);
+        while c < classes {
+            let size = match Class::from_id(c as u32) {
+                Some(class) => class.size(),
+                None => 0,
+            };
+            sum += CAP[c] as usize * size;
             c += 1;
         }
         sum

@@ -8,15 +8,17 @@
 
 use core::fmt;
 
-/// Number of small size classes reported in [`Stats::classes`].
-pub const CLASS_COUNT: usize = 8;
+/// Number of small size classes reported in [`Stats::classes`]: the eight powers of two
+/// 16..2048 B, then the mid-size classes 2560, 3072, 3584 and 5120 B.
+pub const CLASS_COUNT: usize = 12;
 
 /// One size class in a [`Stats`] snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassStats {
     /// Block size of the class in bytes.
     pub block_size: usize,
-    /// Chunks currently serving this class.
+    /// Chunks currently serving this class (a mid-size class's slabs count each of
+    /// their chunks).
     pub chunks: usize,
     /// Blocks handed out and not yet freed.
     pub blocks_in_use: usize,

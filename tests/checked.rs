@@ -105,3 +105,60 @@ fn racing_double_frees_free_exactly_once() {
         assert_eq!(A.stats().bytes_in_use, 0);
     }
 }
+
+static MID_COUNTS: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
+
+fn record_mid(kind: ErrorKind, _p: *mut u8) {
+    MID_COUNTS[kind as usize].fetch_add(1, Ordering::Relaxed);
+}
+
+fn mid_count(kind: ErrorKind) -> usize {
+    MID_COUNTS[kind as usize].load(Ordering::Relaxed)
+}
+
+/// Checked mode over a mid-size slab: a block starting in a tail chunk resolves to its
+/// slab, so a second free of it is a double free (while the slab lives, and after it
+/// was retired), a pointer inside it is invalid, and a layout of another class is
+/// refused.
+#[test]
+fn bad_frees_of_mid_size_blocks_are_reported_and_ignored() {
+    static A: SigAlloc<{ 256 << 10 }> = SigAlloc::new();
+    A.set_error_hook(Some(record_mid));
+    // Five 3 KiB blocks: a full slab of four (three chunks) and one more.
+    let mut b: Vec<*mut u8> = (0..5).map(|_| A.malloc(3000)).collect();
+    let extra = b.pop().unwrap();
+    b.sort();
+    for (k, p) in b.iter().enumerate() {
+        assert_eq!(p.addr() - b[0].addr(), k * 3072, "four blocks of one slab");
+        unsafe { p.write_bytes(k as u8, 3072) };
+    }
+    // Block 3 starts in the slab's third chunk: an interior pointer is invalid.
+    unsafe { A.free(b[3].wrapping_add(16)) };
+    unsafe { A.free(b[0].wrapping_add(4096)) };
+    assert_eq!(mid_count(ErrorKind::InvalidFree), 2);
+    // A dealloc with a layout of another class is refused; the block stays live.
+    unsafe { A.dealloc(b[2], Layout::from_size_align(4500, 8).unwrap()) };
+    unsafe { A.dealloc(b[2], Layout::from_size_align(2000, 8).unwrap()) };
+    assert_eq!(mid_count(ErrorKind::LayoutMismatch), 2);
+    // Double free of a block in a tail chunk of a live slab.
+    unsafe { A.free(b[2]) };
+    unsafe { A.free(b[2]) };
+    assert_eq!(mid_count(ErrorKind::DoubleFree), 1);
+    A.validate().unwrap();
+    for k in [0, 1] {
+        assert!((0..3072).all(|i| unsafe { *b[k].add(i) } == k as u8));
+        unsafe { A.free(b[k]) };
+    }
+    assert!((0..3072).all(|i| unsafe { *b[3].add(i) } == 3));
+    // The last free empties the slab, which is retired; a second free of its block
+    // in the tail chunk is still told as a double free.
+    unsafe { A.dealloc(b[3], Layout::from_size_align(3000, 8).unwrap()) };
+    unsafe { A.free(b[3]) };
+    assert_eq!(mid_count(ErrorKind::DoubleFree), 2);
+    assert_eq!(mid_count(ErrorKind::InvalidFree), 2);
+    A.validate().unwrap();
+    unsafe { A.free(extra) };
+    assert_eq!(A.stats().bytes_in_use, 0);
+    assert_eq!(mid_count(ErrorKind::Corrupted), 0);
+    A.validate().unwrap();
+}

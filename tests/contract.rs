@@ -250,15 +250,15 @@ fn realloc_stays_in_place_within_a_class_and_keeps_bytes_when_moving() {
     pattern::fill(p, 100, 7);
     let q = unsafe { A.realloc(p, 128) };
     assert_eq!(p, q, "same class: in place");
-    let r = unsafe { A.realloc(q, 3000) };
+    let r = unsafe { A.realloc(q, 3700) };
     assert_ne!(q, r);
     verify(r, 100, 7, "moved to another class");
     // A span grows in place into free chunks behind it, and shrinks in place.
-    pattern::fill(r, 3000, 9);
+    pattern::fill(r, 3700, 9);
     let s = unsafe { A.realloc(r, 20_000) };
     assert_eq!(s, r, "span grows in place when the next chunks are free");
-    verify(s, 3000, 9, "span grown in place");
-    let t = unsafe { A.realloc(s, 5000) };
+    verify(s, 3700, 9, "span grown in place");
+    let t = unsafe { A.realloc(s, 6000) };
     assert_eq!(t, s, "span shrinks in place");
     assert_eq!(A.usable_size(t), 8192);
     let u = unsafe { A.realloc(t, 10) };
@@ -286,7 +286,7 @@ fn every_alignment_up_to_the_maximum_is_honoured() {
 fn stats_count_what_is_live() {
     static A: SigAlloc<{ 64 << 10 }> = SigAlloc::new();
     let p = A.malloc(20);
-    let q = A.malloc(5000);
+    let q = A.malloc(6000);
     let s = A.stats();
     assert_eq!(s.bytes_in_use, 32 + 8192, "{s}");
     assert_eq!(s.spans, 1);
@@ -299,4 +299,111 @@ fn stats_count_what_is_live() {
         A.free(q);
     }
     assert_eq!(A.stats().bytes_in_use, 0);
+}
+
+/// Mid-size classes: 2049..3584 B take a 2.5, 3 or 3.5 KiB block and 4097..5120 B a
+/// 5 KiB one, from slabs of several chunks; blocks are distinct, aligned, keep their
+/// bytes, resize in place within their class, and every slab goes back to the free
+/// map when its blocks are freed.
+#[test]
+fn mid_size_requests_take_blocks_between_the_powers_of_two() {
+    static A: SigAlloc<{ 512 << 10 }> = SigAlloc::new();
+    const MID: [(usize, usize); 4] = [(2560, 5), (3072, 3), (3584, 7), (5120, 5)];
+    let class_of = |size: usize| MID.iter().find(|c| c.0 >= size).unwrap().0;
+    assert_eq!(A.good_size(2049), 2560);
+    assert_eq!(A.good_size(3000), 3072);
+    assert_eq!(A.good_size(3585), 4096);
+    assert_eq!(A.good_size(4104), 5120);
+    assert_eq!(A.good_size(5121), 8192);
+    let free_before = A.stats().chunks_free;
+    let mut m = Model::new();
+    let mut blocks = Vec::new();
+    let sizes = [2049, 2560, 2561, 3072, 3073, 3584, 4097, 4368, 5120, 2500];
+    for (i, size) in sizes.into_iter().cycle().take(80).enumerate() {
+        let p = A.malloc(size);
+        assert!(!p.is_null());
+        assert_eq!(p.addr() % 512, 0, "a mid-size block is 512 B aligned");
+        assert_eq!(A.usable_size(p), class_of(size));
+        m.on_alloc(p, size, 16, false, i as u64);
+        blocks.push((p, size));
+        A.validate().unwrap();
+    }
+    let s = A.stats();
+    assert_eq!(s.spans, 0, "no mid-size request took a span");
+    for (class, (size, _)) in s.classes[8..].iter().zip(MID) {
+        assert_eq!(class.block_size, size);
+        let live = blocks.iter().filter(|b| class_of(b.1) == size).count();
+        assert_eq!(class.blocks_in_use, live, "{s}");
+    }
+    // Same class: in place, bytes kept; another class: moved, bytes kept.
+    let (p, _) = blocks.swap_remove(0);
+    let q = unsafe { A.realloc(p, 2500) };
+    assert_eq!(q, p, "2049 -> 2500 stays in its 2.5 KiB block");
+    m.on_realloc(p, q, 2500, 16, 98);
+    let r = unsafe { A.realloc(q, 4500) };
+    assert_ne!(r, q, "2500 -> 4500 moves to the 5 KiB class");
+    m.on_realloc(q, r, 4500, 16, 99);
+    blocks.push((r, 4500));
+    for (p, _) in blocks.drain(..) {
+        m.on_free(p);
+        unsafe { A.free(p) };
+        A.validate().unwrap();
+    }
+    let s = A.stats();
+    assert_eq!(s.bytes_in_use, 0);
+    // Every slab went back to the free map, but those its class's active slots keep.
+    let mut kept = 0;
+    for (class, (_, chunks)) in s.classes[8..].iter().zip(MID) {
+        assert_eq!(class.chunks % chunks, 0, "whole slabs: {s}");
+        assert!(class.chunks <= 4 * chunks, "at most a slab per slot: {s}");
+        kept += class.chunks;
+    }
+    assert_eq!(s.chunks_free + kept, free_before, "{s}");
+}
+
+/// Zeroed memory across slabs and spans: chunks dirtied as spans must read zero when a
+/// slab serves `calloc` from them, and chunks dirtied as slabs must read zero when a
+/// span does (each chunk of a retired slab keeps its share of the slab's dirty bytes).
+#[test]
+fn zeroed_blocks_are_zero_across_slabs_and_spans() {
+    static A: SigAlloc<{ 64 << 10 }> = SigAlloc::new();
+    for (dirty_size, zeroed_size) in [
+        (4000, 3000),
+        (4000, 5000),
+        (3000, 4000),
+        (5000, 8000),
+        (5000, 3000),
+    ] {
+        let mut held = Vec::new();
+        loop {
+            let p = A.malloc(dirty_size);
+            if p.is_null() {
+                break;
+            }
+            unsafe { p.write_bytes(0xA5, A.usable_size(p)) };
+            held.push(p);
+        }
+        assert!(held.len() >= 4);
+        for p in held.drain(..) {
+            unsafe { A.free(p) };
+        }
+        loop {
+            let p = A.calloc(1, zeroed_size);
+            if p.is_null() {
+                break;
+            }
+            assert!(
+                pattern::zeroed(p, zeroed_size),
+                "calloc({zeroed_size}) after {dirty_size}"
+            );
+            unsafe { p.write_bytes(0x5A, zeroed_size) };
+            held.push(p);
+        }
+        assert!(held.len() >= 4);
+        for p in held {
+            unsafe { A.free(p) };
+        }
+        A.validate().unwrap();
+        assert_eq!(A.stats().bytes_in_use, 0);
+    }
 }

@@ -3,7 +3,8 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 
-use sigalloc::MAX_SMALL;
+/// The largest class served from single chunks (above it, mid-size classes use slabs).
+const LARGEST_POW2: usize = 2048;
 
 use super::common::{pattern, Model};
 use super::{fill_up, which, Setup, CHUNK, INLINE};
@@ -188,10 +189,11 @@ fn zeroed_block_from_dirty_claimed_ram() {
     let (slice, spot) = s.region(0, 5 * CHUNK, Some(FILL));
     assert_eq!(s.a().claim(slice), Ok(4 * CHUNK));
     let (lo, hi) = spot.range(4 * CHUNK);
-    // Fill the inline heap (and one region chunk) with the largest class first.
+    // Fill the inline heap (and one region chunk) with the largest class served from
+    // single chunks first (a mid-size class's slab would not fit the region).
     let mut held = Vec::new();
     loop {
-        let q = s.a().malloc(MAX_SMALL);
+        let q = s.a().malloc(LARGEST_POW2);
         assert!(!q.is_null());
         held.push(q);
         if lo <= q.addr() && q.addr() < hi {

@@ -93,8 +93,8 @@ fn chunk_lifecycle() {
 
 /// Model 3: run claims and releases in the used-chunk bitmap.
 ///
-/// A 16 KiB heap has three chunks. One thread takes a two-chunk span (`malloc(5000)`)
-/// while the other takes a one-chunk span (`malloc(3000)`): both must succeed, without
+/// A 16 KiB heap has three chunks. One thread takes a two-chunk span (`malloc(6000)`)
+/// while the other takes a one-chunk span (`malloc(3700)`): both must succeed, without
 /// overlap (the cells, at chunk granularity), and once both are freed the whole heap
 /// must come back as one three-chunk span.
 #[test]
@@ -103,14 +103,14 @@ fn span_claims() {
         let w = World::<{ 16 << 10 }>::new(CHUNK_SIZE);
         let w1 = w.clone();
         let t = thread::spawn(move || {
-            let p = w1.alloc(5000, 0x31);
+            let p = w1.alloc(6000, 0x31);
             w1.free(p);
-            let p = w1.alloc(3000, 0x32);
+            let p = w1.alloc(3700, 0x32);
             w1.free(p);
         });
-        let q = w.alloc(3000, 0x33);
+        let q = w.alloc(3700, 0x33);
         w.free(q);
-        let r = w.alloc(3000, 0x34);
+        let r = w.alloc(3700, 0x34);
         w.free(r);
         t.join().unwrap();
         w.check_whole();
@@ -235,6 +235,63 @@ fn empty_vs_claim() {
         RECYCLED.get() > 0,
         "thread 2 never got the recycled chunk A"
     );
+}
+
+/// Model 5b: a mid-size slab's retire racing a claim of its listing and a claim of its
+/// chunks.
+///
+/// A 20 KiB heap has four chunks; 3 KiB blocks come four to a slab of three chunks
+/// (`class.rs`). Slab A is carved out, then given up as `FULL` (a fifth 3 KiB request
+/// finds no run of three chunks for a second slab: null); three of its blocks are freed
+/// (`FULL -> PARTIAL`, listed). Then, at once:
+/// - thread 1 frees A's last block: `PARTIAL -> EMPTY`, and retires the slab: its tail
+///   chunks are marked retired and its run of three chunks goes back to the free map;
+/// - the main thread allocates 3 KiB: it takes A's listing and claims A
+///   (`PARTIAL -> ACTIVE`) against that push, or finds A retired and claims its run
+///   afresh as a new slab, or finds nothing (thread 2 took the run);
+/// - thread 2 allocates a three-chunk span, which only A's retired run can hold.
+///
+/// The model checks that no block is handed out twice (the cells), that the heap is
+/// whole afterwards (every chunk of the slab came back), and that both the claim and
+/// the span over the retired slab happened in some interleaving.
+#[test]
+fn slab_retire_vs_claim() {
+    static CLAIMED: Seen = Seen::new();
+    static RECYCLED: Seen = Seen::new();
+    check("slab_retire_vs_claim", 0, || {
+        let w = World::<{ 20 << 10 }>::new(1024);
+        let p: Vec<_> = (0..4).map(|k| w.alloc(3000, 0x61 + k)).collect();
+        let a = chunk_of(&w, &p[0]);
+        assert!(p.iter().all(|b| chunk_of(&w, b) < a + 3), "one slab");
+        // A is exhausted: this gives it up as FULL; no second slab fits.
+        assert!(w.try_alloc(3000, 0x65).is_none());
+        let mut p = p.into_iter();
+        for b in p.by_ref().take(3) {
+            w.free(b);
+        }
+        let last = p.next().unwrap();
+        let w1 = w.clone();
+        let t1 = thread::spawn(move || w1.free(last));
+        let w2 = w.clone();
+        let t2 = thread::spawn(move || {
+            if let Some(r) = w2.try_alloc(3 * CHUNK_SIZE, 0x66) {
+                assert_eq!(chunk_of(&w2, &r), a, "only A's run is free");
+                RECYCLED.hit();
+                w2.free(r);
+            }
+        });
+        if let Some(q) = w.try_alloc(3000, 0x67) {
+            let at = chunk_of(&w, &q);
+            assert!(a <= at && at < a + 3, "only A has room");
+            CLAIMED.hit();
+            w.free(q);
+        }
+        t1.join().unwrap();
+        t2.join().unwrap();
+        w.check_whole();
+    });
+    assert!(CLAIMED.get() > 0, "the main thread never got slab A");
+    assert!(RECYCLED.get() > 0, "thread 2 never got A's retired run");
 }
 
 /// Resets the ownership switch however the model ends.

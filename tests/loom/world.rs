@@ -9,13 +9,19 @@ use sigalloc::{SigAlloc, CHUNK_SIZE, MAX_SMALL};
 
 use super::common::pattern;
 
-/// The bytes a request of `size` gets: a power-of-two class of at least 16 bytes, or
-/// whole chunks.
+/// The bytes a request of `size` gets: a power-of-two class of at least 16 bytes, a
+/// mid-size class (2.5, 3, 3.5 or 5 KiB), or whole chunks.
 pub(crate) fn block_size(size: usize) -> usize {
-    if size <= MAX_SMALL {
+    let chunks = size.div_ceil(CHUNK_SIZE) * CHUNK_SIZE;
+    if size <= 2048 {
         size.max(16).next_power_of_two()
+    } else if size <= MAX_SMALL {
+        [2560, 3072, 3584, 5120]
+            .into_iter()
+            .find(|&c| c >= size)
+            .map_or(chunks, |c| c.min(chunks))
     } else {
-        size.div_ceil(CHUNK_SIZE) * CHUNK_SIZE
+        chunks
     }
 }
 
@@ -90,8 +96,10 @@ impl<const N: usize> World<N> {
             tag,
         };
         assert!(self.a.owns(ptr), "{ptr:?} is outside the heap");
+        // A block is aligned to the largest power of two dividing its size (a chunk at
+        // most): its class's alignment.
         assert_eq!(
-            ptr as usize % b.size.min(CHUNK_SIZE),
+            ptr as usize % (b.size & b.size.wrapping_neg()).min(CHUNK_SIZE),
             0,
             "{ptr:?} is misaligned"
         );

@@ -38,9 +38,17 @@ pub fn pick_size(u: &mut Unstructured<'_>, heap: usize) -> Result<usize> {
                 2047,
                 2048,
                 2049,
+                2560,
+                2561,
+                3072,
+                3073,
+                3584,
+                3585,
                 4095,
                 4096,
                 4097,
+                5120,
+                5121,
                 8191,
                 8192,
                 8193,
@@ -52,7 +60,8 @@ pub fn pick_size(u: &mut Unstructured<'_>, heap: usize) -> Result<usize> {
             ];
             *u.choose(&edges)?
         }
-        4 => u.int_in_range(MAX_SMALL + 1..=heap / 4)?,
+        // Above the power-of-two classes: mid-size classes and spans.
+        4 => u.int_in_range(2049..=heap / 4)?,
         5 => u.int_in_range(0..=heap + 4 * CHUNK_SIZE)?,
         6 => *u.choose(&HUGE)?,
         _ => u.int_in_range(0..=256)?,

@@ -4,12 +4,30 @@
 use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeMap;
 
-use sigalloc::{SigAlloc, CHUNK_SIZE, MAX_ALIGN, MAX_SMALL};
+use sigalloc::{SigAlloc, CHUNK_SIZE, MAX_ALIGN};
 
 /// Active slots per class and small classes (see `src/heap.rs` / `src/class.rs`).
 const SLOTS: usize = 4;
-const NCLASSES: usize = 8;
+/// Chunks one slot of every class can hold at once: a chunk per power-of-two class,
+/// a slab per mid-size class.
+const SLOT_CHUNKS: usize = 8 + 5 + 3 + 7 + 5;
 const MIN_BLOCK: usize = 16;
+/// The largest power-of-two class.
+const MAX_POW2: usize = 2048;
+/// The mid-size classes: block size, alignment, chunks per slab (see `src/class.rs`).
+const MID: [(usize, usize, usize); 4] = [
+    (2560, 512, 5),
+    (3072, 1024, 3),
+    (3584, 512, 7),
+    (5120, 1024, 5),
+];
+
+/// The mid-size class of a block of `usable` bytes: its alignment and slab chunks.
+fn mid_class(usable: usize) -> Option<(usize, usize)> {
+    MID.iter()
+        .find(|c| c.0 == usable)
+        .map(|&(_, align, chunks)| (align, chunks))
+}
 
 /// What the allocator must hand out for `size` bytes at `align`: the usable size of
 /// the block (class size or whole chunks), or `None` if no heap of this design could
@@ -23,10 +41,16 @@ pub fn expected_usable(size: usize, align: usize) -> Option<usize> {
         return size.max(1).div_ceil(CHUNK_SIZE).checked_mul(CHUNK_SIZE);
     }
     let need = size.max(align);
+    let span = need.div_ceil(CHUNK_SIZE).saturating_mul(CHUNK_SIZE);
+    let mid = MID
+        .iter()
+        .find(|&&(block, a, _)| need <= block && align <= a && block < span);
     if need <= MIN_BLOCK {
         Some(MIN_BLOCK)
-    } else if need <= MAX_SMALL {
+    } else if need <= MAX_POW2 {
         Some(need.next_power_of_two())
+    } else if let Some(&(block, _, _)) = mid {
+        Some(block)
     } else {
         // (A zero-chunk span cannot be asked for: GlobalAlloc sizes are non-zero.)
         size.div_ceil(CHUNK_SIZE)
@@ -201,12 +225,24 @@ impl Model {
         b
     }
 
-    /// Which chunks hold a live block (span chunks included).
+    /// Which chunks hold a live block (span chunks included), or belong to a slab
+    /// that does: a mid-size block's place in its slab follows from its offset in its
+    /// chunk (block `k` of a slab starts at `k * size`, and no two blocks of a slab
+    /// share an offset modulo a chunk), so its slab's first chunk is known.
     fn occupied(&self) -> Vec<bool> {
         let mut occ = vec![false; self.end];
         for (&addr, b) in &self.live {
-            let c0 = (addr - self.base) / CHUNK_SIZE;
-            let c1 = (addr - self.base + b.usable - 1) / CHUNK_SIZE;
+            let (start, bytes) = match mid_class(b.usable) {
+                Some((_, chunks)) => {
+                    let k = (0..chunks * CHUNK_SIZE / b.usable)
+                        .find(|k| (k * b.usable) % CHUNK_SIZE == (addr - self.base) % CHUNK_SIZE)
+                        .expect("a mid-size block at a block's offset");
+                    (addr - k * b.usable, chunks * CHUNK_SIZE)
+                }
+                None => (addr, b.usable),
+            };
+            let c0 = (start - self.base) / CHUNK_SIZE;
+            let c1 = (start - self.base + bytes - 1) / CHUNK_SIZE;
             for o in &mut occ[c0..=c1] {
                 *o = true;
             }
@@ -235,10 +271,10 @@ impl Model {
     /// in partially used chunks are ignored: the bound is conservative, never wrong.
     pub fn must_hold(&self, usable: usize) -> bool {
         let occ = self.occupied();
-        let need = if usable <= MAX_SMALL {
-            1
-        } else {
-            usable / CHUNK_SIZE
+        let need = match mid_class(usable) {
+            Some((_, chunks)) => chunks,
+            None if usable <= MAX_POW2 => 1,
+            None => usable / CHUNK_SIZE,
         };
         let mut run = 0;
         for &o in &occ[self.first..self.end] {
@@ -274,7 +310,7 @@ impl Model {
         assert_eq!(s.cached_bytes, 0, "{cached} bytes cached before the drain:\n{s}");
         // Only idle chunks parked in active slots may stay in use.
         assert!(
-            s.chunks_used <= SLOTS * NCLASSES,
+            s.chunks_used <= SLOTS * SLOT_CHUNKS,
             "{} chunks still in use with nothing live:\n{s}",
             s.chunks_used
         );

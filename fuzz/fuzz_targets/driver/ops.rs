@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout};
 
 use libfuzzer_sys::arbitrary::Result;
-use sigalloc::{SigAlloc, CHUNK_SIZE, MAX_SMALL};
+use sigalloc::{SigAlloc, CHUNK_SIZE};
 
 use super::decode::{pick_align, pick_size, Op};
 use super::model::{check_fill, expected_usable};
@@ -125,7 +125,8 @@ impl<const H: usize> Run<'_, H> {
         let want = expected_usable(new, align).filter(|&n| n <= heap);
         // Same class, or a span that does not grow: resized in place.
         let in_place = want.is_some_and(|w| {
-            w == b.usable || (w > MAX_SMALL && b.usable > MAX_SMALL && w <= b.usable)
+            // (Spans are whole chunks; no class is a multiple of a chunk.)
+            w == b.usable || (w % CHUNK_SIZE == 0 && b.usable % CHUNK_SIZE == 0 && w <= b.usable)
         });
         if q.is_null() {
             assert!(!in_place, "{what}: an in-place resize failed");
