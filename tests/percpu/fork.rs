@@ -3,8 +3,8 @@
 //! frozen uncommitted (the kernel's rseq state is per thread; the child has only the
 //! forking one). The child then fills the heap it inherited with marked blocks until
 //! the first null (the drain before a null runs in the child, over magazines the
-//! parent's threads filled), checks and frees them all, churns some more, drains and
-//! `validate`s. Blocks the frozen threads held stay claimed in the shadow the child
+//! parent's threads filled), checks and frees them all, churns some more and drains
+//! (no `validate`: the frozen threads' operations are in flight for good). Blocks the frozen threads held stay claimed in the shadow the child
 //! inherited, so the child being handed one of them shows as an overlap.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -49,11 +49,10 @@ enum Code {
     NeverFull = 2,
     FillUnsound = 3,
     Cached = 4,
-    Invalid = 5,
     CachedAtNull = 6,
 }
 
-/// The child: fills, frees, churns, drains, validates; never returns.
+/// The child: fills, frees, churns, drains; never returns.
 fn child(shared: &Shared, fill: &mut [Option<Marked>]) -> ! {
     let guard = ChildGuard;
     CT.reset();
@@ -123,9 +122,13 @@ fn child(shared: &Shared, fill: &mut [Option<Marked>]) -> ! {
         Code::Unsound
     } else if F.stats().cached_bytes != 0 {
         Code::Cached
-    } else if F.validate().is_err() {
-        Code::Invalid
     } else {
+        // No `validate()` here: it needs a quiescent heap, and the parent's threads were
+        // frozen by the fork anywhere in the shared layer (a chunk out of its slot, a
+        // `PARTIAL` chunk not yet listed): states that are legal in flight and stay so
+        // in the child. With the caches off (the tunable run) that is most of the time.
+        // The marks above are what proves the child's heap: nothing handed out twice,
+        // and the fill reached null only after the drain.
         Code::Ok
     };
     std::mem::forget(guard);
@@ -204,7 +207,7 @@ fn fork_while_threads_churn_child_fills_and_frees_the_inherited_heap() {
         code,
         Code::Ok as i32,
         "the forked child failed: 1 a mark failed in its churn, 2 its fill never reached \
-         null, 3 a mark failed in its fill, 4 cached bytes after drain, 5 validate failed, \
+         null, 3 a mark failed in its fill, 4 cached bytes after drain, \
          6 cached bytes left at the null (no drain before answering null), 99 panicked"
     );
     assert_eq!(
