@@ -246,6 +246,12 @@ fn run_case(heap: &mut Fresh, s: Scenario, plan: Plan, record: bool) -> Outcome 
 
 #[test]
 fn every_step_of_every_operation_survives_nested_operations() {
+    // Each plan replays a run step by step, so every run must take the same path. The
+    // slot an operation starts from is the CPU the thread runs on (glibc's rseq area):
+    // a migration between the recorded run and its replay changes the path, and a
+    // nested operation planned at step j may then never get there ("C did not run").
+    // Stay on one CPU.
+    pin_to_current_cpu();
     sigalloc::set_step_hook(Some(hook));
     // Every C at every (i, j) takes ~30 s in a debug build: set SIGALLOC_QUICK to
     // run one C per (i, j) instead.
@@ -302,4 +308,19 @@ fn every_step_of_every_operation_survives_nested_operations() {
         "reentrancy: {points} injection points, {nested} nested operations \
          ({runs} runs, longest nested operation {max} steps)"
     );
+}
+
+/// Pins the calling thread to the CPU it runs on (Linux); elsewhere a no-op.
+fn pin_to_current_cpu() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain libc calls on this thread's own affinity, with a zeroed set that
+    // `CPU_SET` fills in.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        if cpu >= 0 {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
 }
