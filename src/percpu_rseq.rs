@@ -159,18 +159,26 @@ pub(super) fn fence(_caches: &Caches) -> bool {
     ok
 }
 
-/// The pop sequence; `$inject` lines go just before the commit (test builds), with
-/// their operands in `$($extra)*`.
-macro_rules! pop_sequence {
-    ($caches:expr, $class:expr, $field:expr, [$($inject:literal),*], $($extra:tt)*) => {{
+/// One restartable sequence on this CPU's magazine for class `$class`, the shape both
+/// operations share: the descriptor and abort stub, the arming store, the checks
+/// (registration, id in range, gate down), then `$body` with `id` = the magazine, `n`
+/// = the class's count and `ret` = 0, then the `$inject` lines (test builds), then the
+/// one committing store of `n`, then the disarm. If a check fails, `ret` is `$bypass`;
+/// `$body` may leave early (to `4:`) with `ret` set and `n` uncommitted. `$ops` are the
+/// body's own operands, `$inject_ops` the injected lines'.
+macro_rules! sequence_asm {
+    (
+        [$($inject:literal),*], [$($inject_ops:tt)*],
+        $caches:expr, $class:expr, $field:expr, $bypass:literal,
+        [$($body:literal),*], $($ops:tt)*
+    ) => {{
         let ret: usize;
         let offset = $caches.ctl.offset.load(crate::sync::Ordering::Relaxed);
-        // SAFETY: I8. The sequence writes only this CPU's magazine (count and entry
-        // below it, inside `Caches`), and the thread's `rseq_cs` (ours to write, per
-        // the rseq ABI). Every index is bounds-checked inside: the id against `MAGS`
-        // less `excluded`, the count against nothing (it never exceeds the class's
-        // cap, which fits its array: `ARRAY_AT`). The kernel aborts it on preemption,
-        // migration and signals, so the commit is the only visible write.
+        // SAFETY: I8. Writes only this CPU's magazine (its count, and an entry below
+        // the class's cap, which fits its array: `ARRAY_AT`) and the thread's `rseq_cs`
+        // (ours to write, per the rseq ABI); the id is bounds-checked inside, against
+        // `MAGS` less `excluded`. The kernel aborts the sequence on preemption,
+        // migration and signals, so the committing store is its only visible write.
         unsafe {
             asm!(
                 // The descriptor: version 0, flags 0, start, length, abort address.
@@ -197,8 +205,8 @@ macro_rules! pop_sequence {
                 // rseq->rseq_cs = desc: armed (the last instruction before the start)
                 "mov qword ptr fs:[{offset} + 8], {desc}",
                 "8:",
-                // ret = 1: bypass, unless we get further
-                "mov {ret:e}, 1",
+                // ret = bypass, unless we get further
+                "mov {ret:e}, {bypass}",
                 // id = rseq->cpu_id; negative: not registered
                 "mov {id:e}, dword ptr fs:[{offset} + {cpu_id}]",
                 "test {id:e}, {id:e}",
@@ -216,19 +224,11 @@ macro_rules! pop_sequence {
                 // if mag.gate != 0: bypass (a drain is on)
                 "cmp dword ptr [{id} + {gate}], 0",
                 "jne 4f",
-                // ret = 0: empty, unless there is a block
+                // ret = 0
                 "xor {ret:e}, {ret:e}",
-                // n = mag.count[class]; if n == 0: empty
+                // n = mag.count[class]
                 "mov {n:e}, dword ptr [{id} + {class}*4]",
-                "test {n:e}, {n:e}",
-                "jz 4f",
-                // n -= 1
-                "dec {n:e}",
-                // ret = arrays[class] + n: the word index of the top entry
-                "mov {ret:e}, dword ptr [{base} + {class}*4 + {arrays}]",
-                "add {ret}, {n}",
-                // ret = mag[ret]: the block
-                "mov {ret}, qword ptr [{id} + {ret}*8]",
+                $($body,)*
                 $($inject,)*
                 // mag.count[class] = n: COMMIT
                 "mov dword ptr [{id} + {class}*4], {n:e}",
@@ -243,6 +243,7 @@ macro_rules! pop_sequence {
                 id = out(reg) _,
                 n = out(reg) _,
                 ret = out(reg) ret,
+                bypass = const $bypass,
                 sig = const SIG,
                 cpu_id = const CPU_ID,
                 excluded = const EXCLUDED_AT,
@@ -251,7 +252,8 @@ macro_rules! pop_sequence {
                 gate = const GATE_AT,
                 arrays = const ARRAYS_AT,
                 aborts = sym ABORTS,
-                $($extra)*
+                $($ops)*
+                $($inject_ops)*
                 options(nostack),
             );
         }
@@ -259,108 +261,60 @@ macro_rules! pop_sequence {
     }};
 }
 
-/// The push sequence (see `pop_sequence`).
-macro_rules! push_sequence {
-    ($caches:expr, $class:expr, $field:expr, $block:expr, [$($inject:literal),*], $($extra:tt)*) => {{
-        let ret: usize;
-        let offset = $caches.ctl.offset.load(crate::sync::Ordering::Relaxed);
-        // SAFETY: I8, as for the pop: writes only this CPU's magazine, the entry at the
-        // count (checked below the class's cap, which fits its array) and then the
-        // count; the entry is invisible until the committing count store.
-        unsafe {
-            asm!(
-                // The descriptor: version 0, flags 0, start, length, abort address.
-                ".pushsection __rseq_cs, \"aw\"",
-                ".balign 32",
-                "3:",
-                ".long 0, 0",
-                ".quad 8f, (4f - 8f), 7f",
-                ".popsection",
-                // The abort stub: the signature, then count the abort and re-arm.
-                ".pushsection __rseq_failure, \"ax\"",
-                ".byte 0x0f, 0xb9, 0x3d",
-                ".long {sig}",
-                "7:",
-                // ABORTS += 1
-                "lock inc qword ptr [rip + {aborts}]",
-                // retry from the arming store
-                "jmp 2f",
-                ".popsection",
-                // desc = &descriptor
-                "lea {desc}, [rip + 3b]",
-                "2:",
-                // rseq->rseq_cs = desc: armed
-                "mov qword ptr fs:[{offset} + 8], {desc}",
-                "8:",
-                // ret = 2: bypass, unless we get further
-                "mov {ret:e}, 2",
-                // id = rseq->cpu_id; negative: not registered
-                "mov {id:e}, dword ptr fs:[{offset} + {cpu_id}]",
-                "test {id:e}, {id:e}",
-                "js 4f",
-                // id = the indexing id
-                "mov {id:e}, dword ptr fs:[{offset} + {field}]",
-                // if id + excluded >= MAGS: bypass
-                "mov {n:e}, dword ptr [{base} + {excluded}]",
-                "add {n}, {id}",
-                "cmp {n}, {mags}",
-                "jae 4f",
-                // id = &mags[id]
-                "shl {id:e}, {shift}",
-                "add {id}, {base}",
-                // if mag.gate != 0: bypass
-                "cmp dword ptr [{id} + {gate}], 0",
-                "jne 4f",
-                // ret = 0: full, unless there is room
-                "xor {ret:e}, {ret:e}",
-                // n = mag.count[class]; if n >= caps[class]: full
-                "mov {n:e}, dword ptr [{id} + {class}*4]",
-                "cmp {n:e}, dword ptr [{base} + {class}*4 + {caps}]",
-                "jae 4f",
-                // ret = arrays[class] + n: the word index of the free entry
-                "mov {ret:e}, dword ptr [{base} + {class}*4 + {arrays}]",
-                "add {ret}, {n}",
-                // mag[ret] = block (unpublished until the commit)
-                "mov qword ptr [{id} + {ret}*8], {block}",
-                // n += 1; ret = 1: stored
-                "inc {n:e}",
-                "mov {ret:e}, 1",
-                $($inject,)*
-                // mag.count[class] = n: COMMIT
-                "mov dword ptr [{id} + {class}*4], {n:e}",
-                "4:",
-                // rseq->rseq_cs = 0: disarmed
-                "mov qword ptr fs:[{offset} + 8], 0",
-                offset = in(reg) offset,
-                base = in(reg) $caches as *const Caches,
-                class = in(reg) $class,
-                field = in(reg) $field as usize,
-                block = in(reg) $block,
-                desc = out(reg) _,
-                id = out(reg) _,
-                n = out(reg) _,
-                ret = out(reg) ret,
-                sig = const SIG,
-                cpu_id = const CPU_ID,
-                excluded = const EXCLUDED_AT,
-                mags = const MAGS,
-                shift = const MAG_SHIFT,
-                gate = const GATE_AT,
-                caps = const CAPS_AT,
-                arrays = const ARRAYS_AT,
-                aborts = sym ABORTS,
-                $($extra)*
-                options(nostack),
-            );
-        }
-        ret
-    }};
+/// `sequence_asm` with nothing injected.
+#[cfg(not(feature = "hooks"))]
+macro_rules! sequence {
+    ($($args:tt)*) => {
+        sequence_asm!([], [], $($args)*)
+    };
+}
+
+/// Test builds: `sequence_asm` with `DELAY` spins before the commit.
+#[cfg(feature = "hooks")]
+macro_rules! sequence {
+    ($($args:tt)*) => {
+        sequence_asm!(
+            [
+                // d = DELAY
+                "mov {d}, qword ptr [rip + {delay}]",
+                "5:",
+                // while d != 0 { d -= 1; pause }
+                "test {d}, {d}",
+                "jz 6f",
+                "dec {d}",
+                "pause",
+                "jmp 5b",
+                "6:"
+            ],
+            [d = out(reg) _, delay = sym DELAY,],
+            $($args)*
+        )
+    };
 }
 
 /// Pops a block of class `class` from this CPU's magazine.
 #[inline(always)]
 pub(super) fn pop(caches: &Caches, class: usize, field: u32) -> Popped {
-    match pop_raw(caches, class, field) {
+    // ret: the block, 0 (empty) or 1 (bypass).
+    let ret = sequence!(
+        caches,
+        class,
+        field,
+        1,
+        [
+            // if n == 0: empty (ret = 0)
+            "test {n:e}, {n:e}",
+            "jz 4f",
+            // n -= 1
+            "dec {n:e}",
+            // ret = arrays[class] + n: the word index of the top entry
+            "mov {ret:e}, dword ptr [{base} + {class}*4 + {arrays}]",
+            "add {ret}, {n}",
+            // ret = mag[ret]: the block
+            "mov {ret}, qword ptr [{id} + {ret}*8]"
+        ],
+    );
+    match ret {
         0 => Popped::Empty,
         1 => Popped::Bypass,
         block => Popped::Block(block as *mut u8),
@@ -370,74 +324,31 @@ pub(super) fn pop(caches: &Caches, class: usize, field: u32) -> Popped {
 /// Parks `block` of class `class` in this CPU's magazine.
 #[inline(always)]
 pub(super) fn push(caches: &Caches, class: usize, field: u32, block: *mut u8) -> Stored {
-    match push_raw(caches, class, field, block) {
+    // ret: 1 (stored), 0 (full) or 2 (bypass).
+    let ret = sequence!(
+        caches,
+        class,
+        field,
+        2,
+        [
+            // if n >= caps[class]: full (ret = 0)
+            "cmp {n:e}, dword ptr [{base} + {class}*4 + {caps}]",
+            "jae 4f",
+            // ret = arrays[class] + n: the word index of the free entry
+            "mov {ret:e}, dword ptr [{base} + {class}*4 + {arrays}]",
+            "add {ret}, {n}",
+            // mag[ret] = block (unpublished until the commit)
+            "mov qword ptr [{id} + {ret}*8], {block}",
+            // n += 1; ret = 1: stored
+            "inc {n:e}",
+            "mov {ret:e}, 1"
+        ],
+        block = in(reg) block,
+        caps = const CAPS_AT,
+    );
+    match ret {
         1 => Stored::Cached,
         0 => Stored::Full,
         _ => Stored::Bypass,
     }
-}
-
-/// The pop sequence: the block, 0 (empty) or 1 (bypass).
-#[cfg(not(feature = "hooks"))]
-#[inline(always)]
-fn pop_raw(caches: &Caches, class: usize, field: u32) -> usize {
-    pop_sequence!(caches, class, field, [],)
-}
-
-/// The push sequence: 1 (stored), 0 (full) or 2 (bypass).
-#[cfg(not(feature = "hooks"))]
-#[inline(always)]
-fn push_raw(caches: &Caches, class: usize, field: u32, block: *mut u8) -> usize {
-    push_sequence!(caches, class, field, block, [],)
-}
-
-/// Test builds: the pop with `DELAY` spins before the commit.
-#[cfg(feature = "hooks")]
-#[inline(always)]
-fn pop_raw(caches: &Caches, class: usize, field: u32) -> usize {
-    pop_sequence!(
-        caches,
-        class,
-        field,
-        [
-            // d = DELAY
-            "mov {d}, qword ptr [rip + {delay}]",
-            "5:",
-            // while d != 0 { d -= 1; pause }
-            "test {d}, {d}",
-            "jz 6f",
-            "dec {d}",
-            "pause",
-            "jmp 5b",
-            "6:"
-        ],
-        d = out(reg) _,
-        delay = sym DELAY,
-    )
-}
-
-/// Test builds: the push with `DELAY` spins before the commit.
-#[cfg(feature = "hooks")]
-#[inline(always)]
-fn push_raw(caches: &Caches, class: usize, field: u32, block: *mut u8) -> usize {
-    push_sequence!(
-        caches,
-        class,
-        field,
-        block,
-        [
-            // d = DELAY
-            "mov {d}, qword ptr [rip + {delay}]",
-            "5:",
-            // while d != 0 { d -= 1; pause }
-            "test {d}, {d}",
-            "jz 6f",
-            "dec {d}",
-            "pause",
-            "jmp 5b",
-            "6:"
-        ],
-        d = out(reg) _,
-        delay = sym DELAY,
-    )
 }
