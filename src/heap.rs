@@ -307,18 +307,17 @@ impl Heap {
     fn refill_slow(&self, mem: &Memory, class: Class) -> Option<Got> {
         // A batch another CPU spilled: no chunk touched at all.
         if let Some(first) = self.cache.take(class, slot_hint()) {
-            // SAFETY: the batch is ours (`take` swapped it out of its slot).
-            let mut block = unsafe { crate::sync::read_next(first) };
-            let mut n = 1;
-            while !block.is_null() {
-                // SAFETY: as above; `next` is read before the block is parked, after
-                // which a handler on this CPU may hand it out.
-                let next = unsafe { crate::sync::read_next(block) };
-                if self.cache.push(class, block) != Stored::Cached {
-                    self.give_back(mem, block);
-                }
-                n += 1;
-                block = next;
+            let mut n = 0;
+            // SAFETY: the batch is ours (`take` swapped it out of its slot); `first`
+            // is kept, the rest parked (a handler on this CPU may then hand them out,
+            // which `for_each_linked` allows).
+            unsafe {
+                crate::sync::for_each_linked(first, |block| {
+                    n += 1;
+                    if block != first && self.cache.push(class, block) != Stored::Cached {
+                        self.give_back(mem, block);
+                    }
+                });
             }
             self.cache.taken(class, n);
             return self.cached_block(mem, class, first);
@@ -949,12 +948,8 @@ impl Heap {
             n += 1;
         }
         if n > 0 && !self.cache.offer(class, head, n, slot_hint()) {
-            while !head.is_null() {
-                // SAFETY: the batch is still ours (the offer failed).
-                let next = unsafe { crate::sync::read_next(head) };
-                self.give_back(mem, head);
-                head = next;
-            }
+            // SAFETY: the batch is still ours (the offer failed).
+            unsafe { crate::sync::for_each_linked(head, |block| self.give_back(mem, block)) };
         }
         let block = region.chunk_base(chunk).wrapping_add(class.offset_of(idx));
         if self.cache.push(class, block) == Stored::Cached {

@@ -493,14 +493,13 @@ mod on {
             let mut taken = 0;
             for class in Class::all() {
                 let mut n = 0;
-                while let Some(mut block) = self.take(class, 0) {
-                    while !block.is_null() {
-                        // SAFETY: the batch is ours (taken by a swap); `next` is read
-                        // before the block is given away.
-                        let next = unsafe { crate::sync::read_next(block) };
-                        give_back(block, class);
-                        n += 1;
-                        block = next;
+                while let Some(head) = self.take(class, 0) {
+                    // SAFETY: the batch is ours (taken by a swap).
+                    unsafe {
+                        crate::sync::for_each_linked(head, |block| {
+                            give_back(block, class);
+                            n += 1;
+                        });
                     }
                 }
                 self.taken(class, n);
@@ -820,12 +819,9 @@ mod loom_models {
                 let caches = caches.clone();
                 loom::thread::spawn(move || {
                     let mut got = Vec::new();
-                    if let Some(mut b) = caches.take(class, 1) {
-                        while !b.is_null() {
-                            got.push(b.addr());
-                            // SAFETY: the batch is ours (taken).
-                            b = unsafe { crate::sync::read_next(b) };
-                        }
+                    if let Some(head) = caches.take(class, 1) {
+                        // SAFETY: the batch is ours (taken).
+                        unsafe { crate::sync::for_each_linked(head, |b| got.push(b.addr())) };
                     }
                     got
                 })

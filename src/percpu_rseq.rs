@@ -174,11 +174,12 @@ macro_rules! sequence_asm {
     ) => {{
         let ret: usize;
         let offset = $caches.ctl.offset.load(crate::sync::Ordering::Relaxed);
-        // SAFETY: I8. Writes only this CPU's magazine (its count, and an entry below
-        // the class's cap, which fits its array: `ARRAY_AT`) and the thread's `rseq_cs`
-        // (ours to write, per the rseq ABI); the id is bounds-checked inside, against
-        // `MAGS` less `excluded`. The kernel aborts the sequence on preemption,
-        // migration and signals, so the committing store is its only visible write.
+        // The kernel aborts the sequence on preemption, migration and signals, so the
+        // committing store is its only visible write. The id is bounds-checked inside,
+        // against `MAGS` less `excluded`; an entry is written only below the class's
+        // cap, which fits its array (`ARRAY_AT`).
+        // SAFETY: I8: writes only this CPU's magazine (count, entry) and the thread's
+        // `rseq_cs` (ours to write, per the rseq ABI), within the bounds the sequence checks.
         unsafe {
             asm!(
                 // The descriptor: version 0, flags 0, start, length, abort address.

@@ -449,3 +449,19 @@ pub(crate) unsafe fn write_next(block: *mut u8, next: *mut u8) {
     // SAFETY: the caller owns the block, so no other access races this write.
     unsafe { block.cast::<*mut u8>().write(next) }
 }
+
+/// Calls `f` on every block of a batch linked by [`write_next`] from `head` (to null),
+/// reading each block's link before `f` gets it (`f` may hand the block out).
+///
+/// # Safety
+/// - the caller owns the whole batch (as for [`read_next`]).
+#[inline(always)]
+pub(crate) unsafe fn for_each_linked(mut head: *mut u8, mut f: impl FnMut(*mut u8)) {
+    while !head.is_null() {
+        // SAFETY: the caller owns the batch, and `head` is still in it: its link is
+        // read before `f` gets it.
+        let next = unsafe { read_next(head) };
+        f(head);
+        head = next;
+    }
+}
