@@ -564,10 +564,7 @@ mod loom_models {
     /// taken exactly once.
     #[test]
     fn summary_keeps_every_listing() {
-        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = runs.clone();
-        loom::model(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::sync::check_model("summary_keeps_every_listing", move || {
             let maps = Maps::new();
             maps.map().set(5);
             maps.map().set(70);
@@ -595,7 +592,5 @@ mod loom_models {
                 assert_eq!(w.load(Ordering::Relaxed), 0, "a stale summary bit");
             }
         });
-        let n = runs.load(std::sync::atomic::Ordering::Relaxed);
-        std::println!("loom model summary_keeps_every_listing: {n} interleavings");
     }
 }

@@ -735,8 +735,6 @@ pub(crate) use off::api::*;
 
 #[cfg(all(test, loom, feature = "percpu"))]
 mod loom_models {
-    // The harness's own counters, not allocator state.
-    #![allow(clippy::disallowed_types)]
     use super::*;
     use std::sync::Arc;
     use std::vec::Vec;
@@ -751,11 +749,8 @@ mod loom_models {
     /// the final drain, and a raised gate makes the pusher bypass, never wait.
     #[test]
     fn drain_takes_each_block_once() {
-        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = runs.clone();
         let class = Class::from_id(0).unwrap();
-        loom::model(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::sync::check_model("percpu_drain", move || {
             let caches = Arc::new(Caches::new());
             caches.start_slow(1 << 30);
             assert!(caches.active());
@@ -782,21 +777,14 @@ mod loom_models {
             assert_eq!(got, [1, 2], "a block lost or taken twice");
             assert!(caches.cached().iter().all(|&n| n == 0));
         });
-        std::println!(
-            "\nloom model percpu_drain: {} interleavings",
-            runs.load(std::sync::atomic::Ordering::Relaxed)
-        );
     }
 
     /// A spilled batch offered to the transfer cache races a taker and a drainer:
     /// every block comes out once, through the taker or the drain.
     #[test]
     fn transfer_batches_move_whole() {
-        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = runs.clone();
         let class = Class::from_id(1).unwrap();
-        loom::model(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::sync::check_model("percpu_transfer", move || {
             let caches = Arc::new(Caches::new());
             caches.start_slow(1 << 30);
             // Three real 16-byte blocks (the links are written into them).
@@ -841,21 +829,14 @@ mod loom_models {
                 drop(unsafe { std::boxed::Box::from_raw(b as *mut [u64; 2]) });
             }
         });
-        std::println!(
-            "\nloom model percpu_transfer: {} interleavings",
-            runs.load(std::sync::atomic::Ordering::Relaxed)
-        );
     }
 
     /// `disable` races a push: afterwards nothing is parked, whatever the order, and
     /// the caches stay off.
     #[test]
     fn disable_leaves_nothing_parked() {
-        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = runs.clone();
         let class = Class::from_id(3).unwrap();
-        loom::model(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::sync::check_model("percpu_disable", move || {
             let caches = Arc::new(Caches::new());
             caches.start_slow(1 << 30);
             let user = {
@@ -870,10 +851,6 @@ mod loom_models {
             assert_eq!(caches.push(class, block(8)), Stored::Bypass);
             assert!(caches.cached().iter().all(|&n| n == 0));
         });
-        std::println!(
-            "\nloom model percpu_disable: {} interleavings",
-            runs.load(std::sync::atomic::Ordering::Relaxed)
-        );
     }
 }
 

@@ -405,6 +405,24 @@ pub(crate) fn yield_now() {
     core::hint::spin_loop();
 }
 
+/// Runs the loom model `f` over every interleaving and prints `loom model <name>: <N>
+/// interleavings` (the CI gate sums those lines). For the models kept beside their code.
+#[cfg(all(test, loom))]
+pub(crate) fn check_model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    // The harness's own counter, not allocator state.
+    #[allow(clippy::disallowed_types)]
+    let runs = std::sync::Arc::new(core::sync::atomic::AtomicUsize::new(0));
+    let counter = runs.clone();
+    loom::model(move || {
+        // ORDERING: Relaxed: a counter read after `model` returns, on this thread.
+        counter.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    // ORDERING: Relaxed: as above.
+    let n = runs.load(Ordering::Relaxed);
+    std::println!("\nloom model {name}: {n} interleavings");
+}
+
 /// Reads the link word of a free block: the index of the next free block.
 ///
 /// # Safety
