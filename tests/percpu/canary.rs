@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::mark::{get, granules, small_size, Marked, Marks, Owners, Tally};
-use crate::common::{mix, serial, watchdog, Rng, MINUTE};
+use super::mark::{get, granules, Marks, Owners, Tally, WorkingSet};
+use crate::common::{serial, watchdog, MINUTE};
 use sigalloc::SigAlloc;
 
 const HEAP: usize = sigalloc::DEFAULT_HEAP;
@@ -57,19 +57,12 @@ fn kernel_honours_rseq_canary_do_not_enable_percpu_if_this_fails() {
                 let stop = &stop;
                 s.spawn(move || {
                     super::pin(&[cpu]);
-                    let mut live: [Option<Marked>; SLOTS] = [None; SLOTS];
-                    let mut rng = Rng(mix(0xCA7A + i as u64));
+                    let mut set = WorkingSet::<SLOTS>::new(0xCA7A + i as u64);
                     while !stop.load(Ordering::Relaxed) {
                         OPS.fetch_add(1, Ordering::Relaxed);
-                        let slot = &mut live[rng.below(SLOTS)];
-                        match slot.take() {
-                            None => *slot = marks.take(small_size(&mut rng)),
-                            Some(m) => marks.give(m),
-                        }
+                        set.step(marks);
                     }
-                    for m in live.iter_mut().filter_map(Option::take) {
-                        marks.give(m);
-                    }
+                    set.give_all(marks);
                     super::rseq_ids()
                 })
             })

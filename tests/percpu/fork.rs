@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 
-use super::mark::{get, granules, small_size, Marked, Marks, Owners, Tally};
+use super::mark::{get, granules, Marked, Marks, Owners, Tally, WorkingSet};
 use super::{exit, say, wait_exit, ChildGuard, Shared};
 use crate::common::{mix, serial, watchdog, Rng, MINUTE};
 use sigalloc::SigAlloc;
@@ -91,19 +91,11 @@ fn child(shared: &Shared, fill: &mut [Option<Marked>]) -> ! {
     }
     let fill_sound = CT.sound(false) && nulls == usize::from(full);
 
-    let mut live: [Option<Marked>; SLOTS] = [None; SLOTS];
+    let mut set = WorkingSet::<SLOTS>::new(rng.next());
     for _ in 0..CHILD_OPS {
-        let Some(slot) = live.get_mut(rng.below(SLOTS)) else {
-            continue;
-        };
-        match slot.take() {
-            None => *slot = marks.take(small_size(&mut rng)),
-            Some(m) => marks.give(m),
-        }
+        set.step(marks);
     }
-    for m in live.iter_mut().filter_map(Option::take) {
-        marks.give(m);
-    }
+    set.give_all(marks);
     shared
         .get(ACTIVE)
         .store(u64::from(F.percpu_active()), Ordering::Relaxed);
@@ -157,19 +149,12 @@ fn fork_while_threads_churn_child_fills_and_frees_the_inherited_heap() {
         for i in 0..THREADS {
             let stop = &stop;
             s.spawn(move || {
-                let mut live: [Option<Marked>; SLOTS] = [None; SLOTS];
-                let mut rng = Rng(mix(0xF02C + i as u64));
+                let mut set = WorkingSet::<SLOTS>::new(0xF02C + i as u64);
                 while !stop.load(Ordering::Relaxed) {
                     OPS.fetch_add(1, Ordering::Relaxed);
-                    let slot = &mut live[rng.below(SLOTS)];
-                    match slot.take() {
-                        None => *slot = marks.take(small_size(&mut rng)),
-                        Some(m) => marks.give(m),
-                    }
+                    set.step(marks);
                 }
-                for m in live.iter_mut().filter_map(Option::take) {
-                    marks.give(m);
-                }
+                set.give_all(marks);
             });
         }
         while OPS.load(Ordering::Relaxed) < WARM_UP {

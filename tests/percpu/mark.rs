@@ -276,3 +276,39 @@ pub(crate) fn small_size(rng: &mut crate::common::Rng) -> usize {
     let lo = (hi / 2 + 1).max(1);
     rng.range(lo, hi)
 }
+
+/// A thread's working set of `S` marked blocks: each step gives back the block of a
+/// random slot, or fills the slot if it is empty.
+pub(crate) struct WorkingSet<const S: usize> {
+    live: [Option<Marked>; S],
+    rng: crate::common::Rng,
+}
+
+impl<const S: usize> WorkingSet<S> {
+    /// An empty set whose choices follow `mix(seed)`.
+    pub(crate) fn new(seed: u64) -> Self {
+        WorkingSet {
+            live: [None; S],
+            rng: crate::common::Rng(crate::common::mix(seed)),
+        }
+    }
+
+    /// One step: a random slot's block is given back, or the empty slot takes a new
+    /// block of a random small class.
+    pub(crate) fn step<const N: usize, const G: usize>(&mut self, marks: Marks<'_, N, G>) {
+        let i = self.rng.below(S);
+        if let Some(slot) = self.live.get_mut(i) {
+            match slot.take() {
+                None => *slot = marks.take(small_size(&mut self.rng)),
+                Some(m) => marks.give(m),
+            }
+        }
+    }
+
+    /// Gives every block back.
+    pub(crate) fn give_all<const N: usize, const G: usize>(&mut self, marks: Marks<'_, N, G>) {
+        for m in self.live.iter_mut().filter_map(Option::take) {
+            marks.give(m);
+        }
+    }
+}

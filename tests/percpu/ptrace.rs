@@ -11,9 +11,9 @@
 
 use std::sync::atomic::Ordering;
 
-use super::mark::{granules, small_size, Marked, Marks, Owners, Tally};
+use super::mark::{granules, Marks, Owners, Tally, WorkingSet};
 use super::{exit, say, ChildGuard, Shared};
-use crate::common::{mix, serial, watchdog, Rng, MINUTE};
+use crate::common::{serial, watchdog, MINUTE};
 use sigalloc::SigAlloc;
 
 const HEAP: usize = sigalloc::DEFAULT_HEAP;
@@ -67,18 +67,12 @@ fn child(shared: &Shared) -> ! {
     };
     let before = sigalloc::percpu_aborts();
     let start = cpu_time_ns();
-    let mut live: [Option<Marked>; SLOTS] = [None; SLOTS];
-    let mut rng = Rng(mix(0x97AC));
+    let mut set = WorkingSet::<SLOTS>::new(0x97AC);
     let mut ops = 0u64;
     let mut code = Code::Ok;
     while shared.get(STOP).load(Ordering::Relaxed) == 0 {
         ops += 1;
-        if let Some(slot) = live.get_mut(rng.below(SLOTS)) {
-            match slot.take() {
-                None => *slot = marks.take(small_size(&mut rng)),
-                Some(m) => marks.give(m),
-            }
-        }
+        set.step(marks);
         // Progress, for the parent: it stops us again only once we moved on.
         shared.get(OPS).store(ops, Ordering::Relaxed);
         if ops % 1024 == 0 && cpu_time_ns() - start > CHILD_CPU_LIMIT_NS {
@@ -87,9 +81,7 @@ fn child(shared: &Shared) -> ! {
             break;
         }
     }
-    for m in live.iter_mut().filter_map(Option::take) {
-        marks.give(m);
-    }
+    set.give_all(marks);
     shared
         .get(ABORTS)
         .store(sigalloc::percpu_aborts() - before, Ordering::Relaxed);
