@@ -213,7 +213,8 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
     }
 
     /// Gives every free chunk of the mapped regions back to the OS now (the automatic
-    /// release waits until a chunk has stayed free through two passes). Returns the
+    /// release waits until a chunk has stayed free through two passes, and gives back
+    /// only runs of at least 64 KiB of such chunks). Returns the
     /// bytes given back: always 0 without the `mmap` feature, since the inline heap and
     /// claimed RAM are not the OS's. Lock-free, like the rest, but it walks every
     /// mapped region.
