@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Per-CPU caches gate (feature `percpu`, issue #11). Three runs:
+# Per-CPU caches gate (feature `percpu`, issue #11). Five runs:
 #  (a) tests/percpu.rs natively, with `hooks` (the delay inside every restartable
 #      sequence, so aborts are certain) and `checked`: the caches must be live here
 #      (every test prints `percpu mode: active`), the two signal storms and the kernel
@@ -9,6 +9,8 @@
 #      still passes;
 #  (d) the whole test suite (every feature) under the tunable: every path with the
 #      caches compiled in but unavailable;
+#  (e) the whole test suite with the caches live and `checked` off: the production
+#      fast path, where `GlobalAlloc` parks and takes blocks by layout alone;
 #  (c) examples/percpu_smoke.rs natively, under the tunable and under valgrind (which
 #      has no rseq): the checksum line must be identical in all three, and the caches
 #      active only in the native run.
@@ -91,6 +93,20 @@ set -e
 n_whole=$(passed "$whole")
 [ "$n_whole" -gt "$n_native" ] || fail "only $n_whole tests passed in the whole suite under the tunable"
 
+# --- (e) the whole suite with the caches live and checked mode off ---------------
+# The production fast path: unchecked `GlobalAlloc` parks a freed block and takes an
+# allocation from the cache by its layout alone (`Heap::park`/`unpark`), which the
+# checked runs above never take.
+fast=target/ci-percpu-whole-unchecked.log
+echo "::: percpu (e): every test with percpu,mmap,hooks,allocator-api2 (checked off)"
+set +e
+cargo test --release --features percpu,mmap,hooks,allocator-api2 --tests 2>&1 | tee "$fast"
+rc=${PIPESTATUS[0]}
+set -e
+[ "$rc" -eq 0 ] || fail "the test suite failed with the caches live and checked off (exit $rc)"
+n_fast=$(passed "$fast")
+[ "$n_fast" -gt "$n_native" ] || fail "only $n_fast tests passed with checked off"
+
 # --- (c) the smoke example: native, tunable, valgrind -----------------------------
 echo "::: percpu (c): examples/percpu_smoke.rs natively, under the tunable and under valgrind"
 if ! command -v valgrind >/dev/null 2>&1; then
@@ -120,4 +136,4 @@ grep -qx 'percpu_smoke active: false' target/ci-percpu-smoke-valgrind.log ||
     fail "the smoke example's caches were active under valgrind"
 
 checksum=$(awk '{print $3}' <<<"$native_sum")
-echo "percpu: storm $storm; canary $canary; $n_native tests natively, tunable ok ($n_fallback tests; whole suite $n_whole), valgrind ok (checksum $checksum)"
+echo "percpu: storm $storm; canary $canary; $n_native tests natively, tunable ok ($n_fallback tests; whole suite $n_whole), unchecked suite $n_fast, valgrind ok (checksum $checksum)"

@@ -139,6 +139,18 @@ fn slot_hint() -> usize {
 /// A block handed out: its address, and whether its memory is known to be zero.
 pub(crate) type Got = (*mut u8, bool);
 
+/// What [`Heap::unpark`] found.
+#[derive(Clone, Copy)]
+pub(crate) enum Unparked {
+    /// A block from this CPU's magazine, now the caller's.
+    Block(*mut u8),
+    /// A small request the magazine could not serve: [`Heap::alloc_missed`] goes on
+    /// from what the pop found.
+    Missed(Class, Popped),
+    /// Not a small request: [`Heap::alloc`] serves it.
+    NotSmall,
+}
+
 impl Heap {
     #[cfg(not(loom))]
     pub(crate) const fn new() -> Heap {
@@ -184,12 +196,29 @@ impl Heap {
     pub(crate) fn alloc(&self, mem: &Memory, size: usize, align: usize) -> Option<Got> {
         let fit = fit(size, align)?;
         let got = match fit {
-            Fit::Small(class) => self.alloc_small(mem, class),
+            Fit::Small(class) => self.alloc_small(mem, class, self.cache.pop(class)),
             Fit::Span(chunks) => self.alloc_large_slow(mem, size, align, chunks),
         };
         match got {
             Some(got) => Some(got),
             None => self.alloc_after_drain_slow(mem, size, align, fit),
+        }
+    }
+
+    /// Allocates `size` bytes at `align`, of `class`, after [`unpark`](Self::unpark)
+    /// found no block in this CPU's magazine (`popped` says what it found instead).
+    #[inline(always)]
+    pub(crate) fn alloc_missed(
+        &self,
+        mem: &Memory,
+        size: usize,
+        align: usize,
+        class: Class,
+        popped: Popped,
+    ) -> Option<Got> {
+        match self.alloc_small(mem, class, popped) {
+            Some(got) => Some(got),
+            None => self.alloc_after_drain_slow(mem, size, align, Fit::Small(class)),
         }
     }
 
@@ -208,7 +237,7 @@ impl Heap {
             return None;
         }
         match fit {
-            Fit::Small(class) => self.alloc_small(mem, class),
+            Fit::Small(class) => self.alloc_small(mem, class, self.cache.pop(class)),
             Fit::Span(chunks) => self.alloc_large_slow(mem, size, align, chunks),
         }
     }
@@ -230,8 +259,8 @@ impl Heap {
     }
 
     #[inline(always)]
-    fn alloc_small(&self, mem: &Memory, class: Class) -> Option<Got> {
-        match self.cache.pop(class) {
+    fn alloc_small(&self, mem: &Memory, class: Class, popped: Popped) -> Option<Got> {
+        match popped {
             Popped::Block(block) => return self.cached_block(mem, class, block),
             Popped::Empty => return self.refill_slow(mem, class),
             Popped::Untried => self.start_cache_slow(mem),
@@ -843,6 +872,20 @@ impl Heap {
         match fit(size, align) {
             Some(Fit::Small(class)) => self.cache.push(class, ptr) == Stored::Cached,
             _ => false,
+        }
+    }
+
+    /// Takes a block for `size` bytes at `align` from this CPU's cache, if it holds one
+    /// (it is not known to be zeroed). Unchecked mode only: checked mode marks each
+    /// block it hands out, which needs the block's chunk.
+    #[inline(always)]
+    pub(crate) fn unpark(&self, size: usize, align: usize) -> Unparked {
+        match fit(size, align) {
+            Some(Fit::Small(class)) => match self.cache.pop(class) {
+                Popped::Block(block) => Unparked::Block(block),
+                popped => Unparked::Missed(class, popped),
+            },
+            _ => Unparked::NotSmall,
         }
     }
 

@@ -37,7 +37,7 @@ use core::mem::MaybeUninit;
 use core::ptr;
 
 use block::{Block, Memory};
-use heap::Heap;
+use heap::{Got, Heap, Unparked};
 use region::{Region, Regions, Registry};
 use source::Source;
 
@@ -155,7 +155,44 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
 
     #[inline(always)]
     fn alloc_at(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
-        match self.heap.alloc(&self.memory(), size, align) {
+        if percpu::LIVE && !report::Hook::ON {
+            // With caches, a hit is the fast path: it needs no view of the regions, so
+            // none is built (the view lives on the stack, which would cost the hit a
+            // frame).
+            return match self.heap.unpark(size, align) {
+                Unparked::Block(p) => {
+                    if zeroed {
+                        // SAFETY: I1, the block is ours and at least `size` bytes long.
+                        unsafe { ptr::write_bytes(p, 0, size) };
+                    }
+                    p
+                }
+                missed => self.alloc_at_slow(size, align, zeroed, missed),
+            };
+        }
+        let got = self.heap.alloc(&self.memory(), size, align);
+        self.handed_out(got, size, align, zeroed)
+    }
+
+    /// The rest of an allocation after a per-CPU cache missed, out of line.
+    #[cold]
+    #[inline(never)]
+    fn alloc_at_slow(&self, size: usize, align: usize, zeroed: bool, missed: Unparked) -> *mut u8 {
+        let mem = self.memory();
+        let got = match missed {
+            Unparked::Missed(class, popped) => {
+                self.heap.alloc_missed(&mem, size, align, class, popped)
+            }
+            _ => self.heap.alloc(&mem, size, align),
+        };
+        self.handed_out(got, size, align, zeroed)
+    }
+
+    /// The block an allocation got, zeroed if asked and not known to be zero; null
+    /// (reported) if it got none.
+    #[inline(always)]
+    fn handed_out(&self, got: Option<Got>, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        match got {
             Some((p, clean)) => {
                 if zeroed && !clean {
                     // SAFETY: I1, the block is ours and at least `size` bytes long.

@@ -120,6 +120,11 @@ fn worker(a: &Heap, me: usize, ops: usize) -> usize {
 fn stall(points: &[Point]) -> usize {
     let heap = Fresh::new();
     let a = heap.get();
+    // The parking points name atomic steps of the shared layer: with the `percpu`
+    // feature a per-CPU cache would take a free first, with no atomic step to park at
+    // (a thread stopped inside a restartable sequence is tests/percpu.rs's ptrace
+    // test). A no-op without it.
+    a.disable_percpu();
     {
         let mut g = gate();
         *g = GateState {
