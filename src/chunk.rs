@@ -550,6 +550,17 @@ impl Desc {
             .is_some_and(|w| w.fetch_or(m, Ordering::Relaxed) & m == 0)
     }
 
+    /// Checked mode: whether block `idx` is handed out (or parked in a per-CPU cache).
+    #[cfg(feature = "checked")]
+    pub(crate) fn is_live(&self, idx: u32) -> bool {
+        let (w, m) = live_bit(idx);
+        // ORDERING: Relaxed, as in `mark_live`: only operations on this block change
+        // its bit, and the caller is freeing it.
+        self.live
+            .get(w)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & m != 0)
+    }
+
     /// Checked mode: marks block `idx` free. Returns `false` if it was not handed out,
     /// in which case the caller must refuse the free. Of two racing frees of one block,
     /// exactly one gets `true`.

@@ -27,6 +27,8 @@
 use crate::block::{self, Block, Memory, Place};
 use crate::chunk::{Anchor, Pushed, ACTIVE, EMPTY, SLAB_TAIL_CLASS, SPAN_CLASS, SPAN_TAIL_CLASS};
 use crate::class::{fit, Class, Fit, CHUNK, NCLASSES};
+#[cfg(feature = "checked")]
+use crate::percpu;
 use crate::percpu::{Caches, Popped, Stored, LIVE};
 use crate::region::{ChunkId, Region, LISTS, MAX_REGION_CHUNKS};
 use crate::report::{ErrorKind, Hook};
@@ -261,7 +263,7 @@ impl Heap {
     #[inline(always)]
     fn alloc_small(&self, mem: &Memory, class: Class, popped: Popped) -> Option<Got> {
         match popped {
-            Popped::Block(block) => return self.cached_block(mem, class, block),
+            Popped::Block(block) => return Some((Self::unparked(block), false)),
             Popped::Empty => return self.refill_slow(mem, class),
             Popped::Untried => self.start_cache_slow(mem),
             Popped::Bypass => {}
@@ -290,35 +292,16 @@ impl Heap {
         self.alloc_small_slow(mem, class, hint)
     }
 
-    /// A block popped from a magazine. Checked mode marks it handed out again (blocks
-    /// parked in a magazine are marked free).
+    /// A block popped from a magazine, being handed out: checked mode clears its key
+    /// (to its chunk it stayed live).
     #[inline(always)]
-    fn cached_block(&self, mem: &Memory, class: Class, block: *mut u8) -> Option<Got> {
+    fn unparked(block: *mut u8) -> *mut u8 {
         #[cfg(feature = "checked")]
-        if !self.mark_live_slow(mem, block) {
-            // Handed out twice would break I1: keep it back (reported) and go on.
-            return self.alloc_shared(mem, class);
-        }
-        let _ = (mem, class);
-        Some((block, false))
-    }
-
-    /// Checked mode: marks `block`, taken from a magazine, live; `false` (reported) if it
-    /// already was.
-    #[cfg(feature = "checked")]
-    #[cold]
-    #[inline(never)]
-    fn mark_live_slow(&self, mem: &Memory, block: *mut u8) -> bool {
-        let ok = match mem.resolve(block) {
-            Block::Small { at, class } => at
-                .desc()
-                .is_some_and(|d| d.mark_live(class.index_of(at.offset))),
-            _ => false,
+        // SAFETY: a small block of this heap, ours (popped from a magazine or a batch).
+        unsafe {
+            percpu::clear_key(block)
         };
-        if !ok {
-            self.hook.report(ErrorKind::Corrupted, block);
-        }
-        ok
+        block
     }
 
     /// Sets the per-CPU caches up (once, on the first call that finds them untried).
@@ -349,7 +332,7 @@ impl Heap {
                 });
             }
             self.cache.taken(class, n);
-            return self.cached_block(mem, class, first);
+            return Some((Self::unparked(first), false));
         }
         let mut batch = [core::ptr::null_mut(); MAX_BATCH];
         let want = self.cache.batch(class).clamp(1, MAX_BATCH);
@@ -366,8 +349,8 @@ impl Heap {
 
     /// Fills `out` with blocks of `class`, as many as one chunk gives: from this
     /// thread's slot's chunk, else one block from the shared path. Returns how many, and
-    /// whether the first is known to be zero. Checked mode marks only the first live
-    /// (the rest are parked, marked free).
+    /// whether the first is known to be zero. Checked mode marks them all live, and
+    /// keys the parked ones (all but the first).
     fn take_batch(&self, mem: &Memory, class: Class, out: &mut [*mut u8]) -> (usize, bool) {
         let hint = slot_hint();
         if let Some(id) = self.slot(class, hint).and_then(Slot::take) {
@@ -412,11 +395,26 @@ impl Heap {
             *out = base.wrapping_add(class.offset_of(idx));
             if n == 0 {
                 zero = z;
-                #[cfg(feature = "checked")]
-                if !d.mark_live(idx) {
-                    self.hook.report(ErrorKind::Corrupted, *out);
-                    self.put_back(mem, region, class, chunk, slot);
-                    return (0, false);
+            }
+            // Checked: every block leaving the chunk is live to it, the handed-out
+            // first one and the parked rest alike (see `percpu`'s docs on keys).
+            #[cfg(feature = "checked")]
+            if !d.mark_live(idx) {
+                // A block handed out twice would break I1: keep it back (reported).
+                self.hook.report(ErrorKind::Corrupted, *out);
+                self.put_back(mem, region, class, chunk, slot);
+                return (n, zero);
+            }
+            #[cfg(feature = "checked")]
+            if LIVE {
+                // SAFETY: popped from a chunk we own: the block is ours, small, of
+                // this heap; the first is handed out, the rest parked.
+                unsafe {
+                    if n == 0 {
+                        percpu::clear_key(*out)
+                    } else {
+                        percpu::set_key(*out)
+                    }
                 }
             }
         }
@@ -424,8 +422,8 @@ impl Heap {
         (out.len(), zero)
     }
 
-    /// Gives a block that sat in a magazine (marked free in checked mode) back to its
-    /// chunk.
+    /// Gives a block that sat in a magazine (live to its chunk, keyed in checked mode)
+    /// back to its chunk.
     fn give_back(&self, mem: &Memory, block: *mut u8) {
         let home = mem.regions.home();
         if let Some((chunk, offset)) = home.locate(block) {
@@ -445,8 +443,36 @@ impl Heap {
         if let Block::Small { at, class } = Block::at(at) {
             let idx = class.index_of(at.offset);
             // A parked block is live to its chunk: this push cannot be refused.
-            let _ = self.push_to_chunk(mem, &at.region, at.chunk, class, idx);
+            if self
+                .unpark_to_chunk(mem, &at.region, at.chunk, class, idx)
+                .is_err()
+            {
+                let block = at.region.chunk_base(at.chunk).wrapping_add(at.offset);
+                self.hook.report(ErrorKind::Corrupted, block);
+            }
         }
+    }
+
+    /// Returns block `idx` of `chunk` (of `class`), parked or being freed, to its chunk.
+    /// Checked mode with caches marks it free to the chunk first (it was live there
+    /// while parked); without caches the free did.
+    #[inline(always)]
+    fn unpark_to_chunk(
+        &self,
+        mem: &Memory,
+        region: &Region,
+        chunk: usize,
+        class: Class,
+        idx: u32,
+    ) -> Result<(), Refused> {
+        #[cfg(feature = "checked")]
+        if LIVE && !region.desc(chunk).ok_or(Refused::Invalid)?.mark_freed(idx) {
+            // Only frees that found it live and won its key, and parked blocks, get
+            // here: its bit was cleared meanwhile, which nothing correct does. Keep it
+            // out of the chunk.
+            return Err(Refused::DoubleFree);
+        }
+        self.push_to_chunk(mem, region, chunk, class, idx)
     }
 
     /// Takes slot `slot`'s chunk, pops a block and puts the chunk back.
@@ -492,6 +518,11 @@ impl Heap {
             self.hook.report(ErrorKind::Corrupted, block);
             self.put_back(mem, region, class, chunk, slot);
             return None;
+        }
+        #[cfg(feature = "checked")]
+        if LIVE {
+            // SAFETY: popped from a chunk we own: ours, small, of this heap.
+            unsafe { percpu::clear_key(block) };
         }
         self.put_back(mem, region, class, chunk, slot);
         Some((block, zero))
@@ -876,13 +907,12 @@ impl Heap {
     }
 
     /// Takes a block for `size` bytes at `align` from this CPU's cache, if it holds one
-    /// (it is not known to be zeroed). Unchecked mode only: checked mode marks each
-    /// block it hands out, which needs the block's chunk.
+    /// (it is not known to be zeroed). No chunk is touched, in checked mode either.
     #[inline(always)]
     pub(crate) fn unpark(&self, size: usize, align: usize) -> Unparked {
         match fit(size, align) {
             Some(Fit::Small(class)) => match self.cache.pop(class) {
-                Popped::Block(block) => Unparked::Block(block),
+                Popped::Block(block) => Unparked::Block(Self::unparked(block)),
                 popped => Unparked::Missed(class, popped),
             },
             _ => Unparked::NotSmall,
@@ -951,18 +981,29 @@ impl Heap {
         class: Class,
     ) -> Result<(), Refused> {
         let idx = class.index_of(offset);
-        #[cfg(feature = "checked")]
-        if !region.desc(chunk).ok_or(Refused::Invalid)?.mark_freed(idx) {
-            return Err(Refused::DoubleFree);
-        }
         let block = region.chunk_base(chunk).wrapping_add(offset);
+        #[cfg(feature = "checked")]
+        {
+            let d = region.desc(chunk).ok_or(Refused::Invalid)?;
+            // With caches a block stays live to its chunk until it goes back there
+            // (`unpark_to_chunk`); its key tells whether it is parked already. The
+            // live bit is read first so that no key lands in a block that was never
+            // handed out (it may lie in a chunk known to be zero).
+            // SAFETY: the block was resolved to a small block of this heap, live.
+            if LIVE && !(d.is_live(idx) && unsafe { percpu::park_key(block) }) {
+                return Err(Refused::DoubleFree);
+            }
+            if !LIVE && !d.mark_freed(idx) {
+                return Err(Refused::DoubleFree);
+            }
+        }
         match self.cache.push(class, block) {
             Stored::Cached => return Ok(()),
             Stored::Full => return self.spill_slow(mem, region, chunk, class, idx),
             Stored::Untried => self.start_cache_slow(mem),
             Stored::Bypass => {}
         }
-        self.push_to_chunk(mem, region, chunk, class, idx)
+        self.unpark_to_chunk(mem, region, chunk, class, idx)
     }
 
     /// This CPU's magazine is full for `class`: give half of it back to the chunks, then
@@ -998,7 +1039,7 @@ impl Heap {
         if self.cache.push(class, block) == Stored::Cached {
             return Ok(());
         }
-        self.push_to_chunk(mem, region, chunk, class, idx)
+        self.unpark_to_chunk(mem, region, chunk, class, idx)
     }
 
     /// Returns block `idx` of `chunk` (of `class`), which the caller owns, to the chunk.

@@ -155,7 +155,7 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
 
     #[inline(always)]
     fn alloc_at(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
-        if percpu::LIVE && !report::Hook::ON {
+        if percpu::LIVE {
             // With caches, a hit is the fast path: it needs no view of the regions, so
             // none is built (the view lives on the stack, which would cost the hit a
             // frame).

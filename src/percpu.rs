@@ -40,8 +40,18 @@
 //! is model-checked. Elsewhere, and without the feature, every call bypasses and the
 //! whole module folds away.
 //!
+//! # Checked mode: parked blocks carry a key
+//! To its chunk a parked block is handed out (its live bit stays set from the refill
+//! to the spill or drain that gives it back), so a hit touches no chunk. The cache layer
+//! tells a parked block by a *key* in its second word (the first is the batch link): a
+//! free swaps the key in (finding it there already is a double free, and of two racing
+//! frees exactly one finds it absent), every hand-out clears it, and a refill writes it
+//! into the blocks it parks. The key is the block's address scrambled with a constant,
+//! so a live block holds it only if the program put it there. (A program that writes to
+//! a block after freeing it can erase the key; that write corrupts any heap.)
+//!
 //! Depends on: `sync`, `class`. Upholds I8, I9; I1 for blocks while they are parked
-//! (the magazine owns them; checked mode keeps them marked free).
+//! (the magazine owns them; checked mode marks them with their key).
 
 use crate::class::{Class, NCLASSES};
 
@@ -94,10 +104,68 @@ mod on {
         pub(crate) use super::super::cpu::aborts;
         #[cfg(feature = "hooks")]
         pub(crate) use super::super::cpu::set_delay;
+        #[cfg(feature = "checked")]
+        pub(crate) use super::keys::{clear_key, park_key, set_key};
         pub(crate) use super::{Caches, MAGS};
         /// The caches are built: their hits are the fast path, everything else a slow
         /// one (kept out of line).
         pub(crate) const LIVE: bool = true;
+    }
+
+    /// Checked mode: the keys of parked blocks (see the module docs).
+    #[cfg(feature = "checked")]
+    mod keys {
+        /// Scrambles a block's address into its key. The rotation puts the address's
+        /// varying bits high and its zero low bits high too, and no 16-byte-aligned
+        /// address has the key 0 (the salt's low bits, rotated back, are not all zero).
+        const SALT: usize = 0x5EED_A110_CA7E_D0FF_u64 as usize;
+        static_assertions::const_assert!(SALT.rotate_right(29) % 16 != 0);
+
+        fn key(block: *mut u8) -> usize {
+            block.addr().rotate_left(29) ^ SALT
+        }
+
+        /// The block's second word (the first is a batch's link).
+        fn word(block: *mut u8) -> *mut usize {
+            block.wrapping_add(8).cast()
+        }
+
+        /// Marks `block` parked as it is freed into the cache layer: `false` if it
+        /// already was (a double free), in which case nothing changed.
+        ///
+        /// # Safety
+        /// - `block` is a small block of this heap (the caller resolved it).
+        pub(crate) unsafe fn park_key(block: *mut u8) -> bool {
+            let k = key(block);
+            // ORDERING: Relaxed: the swap only arbitrates between frees of one block
+            // (exactly one of two racing frees finds the key absent); the block's
+            // memory is ordered by the magazine and batch hand-overs, as unchecked.
+            // SAFETY: the caller's contract: a block of at least 16 bytes, aligned to
+            // 16, that the allocator is being handed.
+            unsafe { swap_block_word(word(block), k, Ordering::Relaxed) != k }
+        }
+
+        /// Marks a block the cache layer parks without a free (a refill's batch).
+        ///
+        /// # Safety
+        /// - as for [`park_key`], and the block is the caller's (not handed out).
+        pub(crate) unsafe fn set_key(block: *mut u8) {
+            // ORDERING: Relaxed: as in `park_key`.
+            // SAFETY: the caller's contract: the allocator holds the block.
+            unsafe { store_block_word(word(block), key(block), Ordering::Relaxed) }
+        }
+
+        /// Clears the key of a block being handed out.
+        ///
+        /// # Safety
+        /// - as for [`set_key`].
+        pub(crate) unsafe fn clear_key(block: *mut u8) {
+            // ORDERING: Relaxed: as in `park_key`.
+            // SAFETY: the caller's contract: the allocator holds the block.
+            unsafe { store_block_word(word(block), 0, Ordering::Relaxed) }
+        }
+
+        use crate::sync::{store_block_word, swap_block_word, Ordering};
     }
 
     /// Magazines, one per CPU id below it (ids at or above it bypass).
@@ -659,11 +727,24 @@ mod off {
 
     /// What the rest of the crate uses.
     pub(crate) mod api {
+        #[cfg(feature = "checked")]
+        pub(crate) use super::keys::{clear_key, park_key, set_key};
         #[cfg(feature = "hooks")]
         pub(crate) use super::set_delay;
         pub(crate) use super::{aborts, Caches, MAGS};
         /// No caches: the shared path is the fast path.
         pub(crate) const LIVE: bool = false;
+    }
+
+    /// Checked mode without caches: no block is ever parked, so there are no keys
+    /// (callers test `LIVE` first; these are never reached).
+    #[cfg(feature = "checked")]
+    mod keys {
+        pub(crate) unsafe fn park_key(_block: *mut u8) -> bool {
+            true
+        }
+        pub(crate) unsafe fn set_key(_block: *mut u8) {}
+        pub(crate) unsafe fn clear_key(_block: *mut u8) {}
     }
 
     /// No magazines.

@@ -468,6 +468,54 @@ pub(crate) unsafe fn write_next(block: *mut u8, next: *mut u8) {
     unsafe { block.cast::<*mut u8>().write(next) }
 }
 
+/// The atomic type of a word inside a block (checked mode's keys, `percpu`): the
+/// platform's, or loom's stand-in's `core` one, since a loom atomic cannot live at an
+/// address the model did not create (no loom model runs checked mode).
+#[cfg(all(feature = "checked", feature = "percpu", not(loom)))]
+type BlockWord = imp::AtomicUsize;
+#[cfg(all(feature = "checked", feature = "percpu", loom))]
+type BlockWord = core::sync::atomic::AtomicUsize;
+
+/// The word at `word` as an atomic.
+///
+/// # Safety
+/// - `word` is aligned and lies in a block the allocator holds or is being handed; no
+///   plain access races an atomic one (the program touches the word only while it owns
+///   the block, ordered by the hand-out and the free).
+#[cfg(all(feature = "checked", feature = "percpu"))]
+#[allow(dead_code)] // where the caches are not built
+#[inline(always)]
+unsafe fn block_word<'a>(word: *mut usize) -> &'a BlockWord {
+    // SAFETY: the caller's contract; the reference lives only for the caller's call.
+    unsafe { BlockWord::from_ptr(word) }
+}
+
+/// Swaps `v` into the word at `word` of a block (see [`block_word`]).
+///
+/// # Safety
+/// - as for [`block_word`].
+#[cfg(all(feature = "checked", feature = "percpu"))]
+#[allow(dead_code)] // where the caches are not built
+#[inline(always)]
+pub(crate) unsafe fn swap_block_word(word: *mut usize, v: usize, o: Ordering) -> usize {
+    step(2);
+    // SAFETY: the caller's contract.
+    unsafe { block_word(word) }.swap(v, o)
+}
+
+/// Stores `v` into the word at `word` of a block (see [`block_word`]).
+///
+/// # Safety
+/// - as for [`block_word`].
+#[cfg(all(feature = "checked", feature = "percpu"))]
+#[allow(dead_code)] // where the caches are not built
+#[inline(always)]
+pub(crate) unsafe fn store_block_word(word: *mut usize, v: usize, o: Ordering) {
+    step(1);
+    // SAFETY: the caller's contract.
+    unsafe { block_word(word) }.store(v, o)
+}
+
 /// Calls `f` on every block of a batch linked by [`write_next`] from `head` (to null),
 /// reading each block's link before `f` gets it (`f` may hand the block out).
 ///

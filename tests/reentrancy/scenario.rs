@@ -121,6 +121,15 @@ impl Scenario {
     pub(crate) fn rmws(self) -> Option<usize> {
         use Scenario::*;
         let live_bit = usize::from(cfg!(feature = "checked"));
+        // Checked mode with the caches built (even off, as here) also swaps a freed
+        // block's key in before the live bit (see `percpu`'s docs on keys).
+        let key = usize::from(cfg!(all(
+            feature = "checked",
+            feature = "percpu",
+            target_os = "linux",
+            target_env = "gnu",
+            target_arch = "x86_64"
+        )));
         match self {
             // The slot swap, the CAS taking the shared list, the put-back CAS.
             AllocTakeShared => Some(3 + live_bit),
@@ -129,9 +138,9 @@ impl Scenario {
             // free.)
             AllocClaimPartial => Some(5 + live_bit),
             // The push CAS only.
-            FreeActive => Some(1 + live_bit),
+            FreeActive => Some(1 + live_bit + key),
             // The push CAS, then the partial-map listing.
-            FreeFullToPartial => Some(2 + live_bit),
+            FreeFullToPartial => Some(2 + live_bit + key),
             _ => None,
         }
     }
