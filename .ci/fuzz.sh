@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz gate: builds the cargo-fuzz targets in fuzz/ and runs each for FUZZ_SECONDS
-# (default 60) from a copy of its seed corpus, both targets at once (one core each).
+# (default 60) from a copy of its seed corpus, all targets at once (sharing the cores).
 # Prints one line per target:
 #   fuzz <t>: <seconds> s, <executions> execs, <corpus> corpus, <crashes> crashes
 # and fails if anything cannot be installed, built or run, or if any target crashes
@@ -19,8 +19,9 @@ fi
 cargo fuzz --version >/dev/null
 
 # target name -> extra cargo flags (the checked target needs sigalloc's checked mode).
-declare -A FEATURES=([api]="" [checked]="--features checked" [percpu]="--features percpu")
-TARGETS=(api checked percpu)
+declare -A FEATURES=([api]="" [checked]="--features checked" [percpu]="--features percpu"
+    [checked_percpu]="--features checked,percpu")
+TARGETS=(api checked percpu checked_percpu)
 
 cd fuzz
 for t in "${TARGETS[@]}"; do

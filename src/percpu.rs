@@ -261,6 +261,8 @@ mod on {
         pub(super) caps: [AtomicU32; NCLASSES],
         /// `ARRAY_AT`, where the sequences can read it (written at set-up too).
         pub(super) arrays: [AtomicU32; NCLASSES],
+        /// Transfer slots used per class (at most `BATCHES`; 0 until set-up).
+        batches: AtomicU32,
     }
 
     /// The magazines, their control line, and the transfer cache.
@@ -271,9 +273,13 @@ mod on {
         transfer: Transfer,
     }
 
-    /// Batches in the transfer cache per class.
+    /// Batches in the transfer cache per class, at most: set-up uses as many as keep
+    /// the whole transfer cache within a quarter of the heap (8 on a 2 MiB heap, all
+    /// from 8 MiB on). A producer handing a consumer blocks in bursts spills faster
+    /// than the other side takes; with 8 slots on a large heap a quarter of the
+    /// producer/consumer run went to giving overflowing batches back to their chunks.
     #[cfg(not(loom))]
-    const BATCHES: usize = 8;
+    const BATCHES: usize = 32;
     #[cfg(loom)]
     const BATCHES: usize = 2;
 
@@ -345,6 +351,7 @@ mod on {
                     offset: AtomicUsize::new(0),
                     caps: [ZERO; NCLASSES],
                     arrays: [ZERO; NCLASSES],
+                    batches: AtomicU32::new(0),
                 },
                 transfer: Transfer {
                     slots: [EMPTY; NCLASSES],
@@ -363,6 +370,7 @@ mod on {
                     offset: AtomicUsize::new(0),
                     caps: core::array::from_fn(|_| AtomicU32::new(0)),
                     arrays: core::array::from_fn(|_| AtomicU32::new(0)),
+                    batches: AtomicU32::new(0),
                 },
                 transfer: Transfer {
                     slots: core::array::from_fn(|_| core::array::from_fn(|_| AtomicPtr::null())),
@@ -454,6 +462,12 @@ mod on {
                 // ORDERING: Relaxed: published by the Release CAS below.
                 array.store(at, Ordering::Relaxed);
             }
+            // The transfer cache holds up to half a magazine per batch and class: as
+            // many batches as keep it within a quarter of the heap.
+            let magazine = (PARKED_POW2 >> scale) + if mid { PARKED - PARKED_POW2 } else { 0 };
+            let batches = (heap_bytes / 2 / magazine.max(1)).clamp(1, BATCHES);
+            // ORDERING: Relaxed: published by the Release CAS below.
+            self.ctl.batches.store(batches as u32, Ordering::Relaxed);
             // ORDERING: Relaxed: published by the Release CAS below.
             self.ctl.offset.store(offset, Ordering::Relaxed);
             // ORDERING: Release pairs with the Acquire in `field`. A `disable` that got
@@ -502,8 +516,9 @@ mod on {
             let Some(slots) = self.transfer.slots.get(class.id()) else {
                 return false;
             };
-            for k in 0..BATCHES {
-                let Some(slot) = slots.get((hint + k) % BATCHES) else {
+            let used = self.batches();
+            for k in 0..used {
+                let Some(slot) = slots.get((hint + k) % used) else {
                     continue;
                 };
                 // ORDERING: Release pairs with the Acquire swap in `take`: our link
@@ -530,9 +545,21 @@ mod on {
         /// Takes a batch of `class` from the transfer cache (the slots after `hint`
         /// first): its first block, the others linked from it; now the caller's.
         pub(crate) fn take(&self, class: Class, hint: usize) -> Option<*mut u8> {
+            self.take_among(class, hint, self.batches())
+        }
+
+        /// Transfer slots in use per class (see `Control::batches`).
+        fn batches(&self) -> usize {
+            // ORDERING: Relaxed: written once at set-up, before `field` (Release), which
+            // every caller has read (Acquire) to get here.
+            (self.ctl.batches.load(Ordering::Relaxed) as usize).min(BATCHES)
+        }
+
+        /// [`take`](Self::take) among the first `used` slots.
+        fn take_among(&self, class: Class, hint: usize, used: usize) -> Option<*mut u8> {
             let slots = self.transfer.slots.get(class.id())?;
-            for k in 0..BATCHES {
-                let Some(slot) = slots.get((hint + k) % BATCHES) else {
+            for k in 0..used {
+                let Some(slot) = slots.get((hint + k) % used) else {
                     continue;
                 };
                 // ORDERING: Acquire pairs with the Release CAS in `offer`. (A load
@@ -561,7 +588,8 @@ mod on {
             let mut taken = 0;
             for class in Class::all() {
                 let mut n = 0;
-                while let Some(head) = self.take(class, 0) {
+                // Every slot, whatever set-up chose (it may not have run yet).
+                while let Some(head) = self.take_among(class, 0, BATCHES) {
                     // SAFETY: the batch is ours (taken by a swap).
                     unsafe {
                         crate::sync::for_each_linked(head, |block| {
