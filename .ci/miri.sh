@@ -54,6 +54,8 @@ run "$STRICT" --test contract --features checked -- heap_16k heap_64k bad_input 
     every_alignment stats
 run "$STRICT" --test checked --features checked -- bad_frees
 run "$PERMISSIVE" --test checked --features checked -- racing
+# The same with the caches' model live: parked blocks carry keys (`percpu`'s docs).
+run "$PERMISSIVE" --test checked --features checked,percpu -- racing bad_frees
 run "$STRICT" --test claim
 # Per-heap collections. (`tests/lookup.rs` passes under Miri too, but takes two minutes
 # a seed: run it by hand with `--test lookup`.)
