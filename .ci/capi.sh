@@ -95,6 +95,7 @@ lint() {
 API_NAMES="sigalloc_aligned_alloc sigalloc_calloc sigalloc_claim sigalloc_enable_mmap
 sigalloc_free sigalloc_good_size sigalloc_malloc sigalloc_max_align sigalloc_mmap_enabled
 sigalloc_owns sigalloc_posix_memalign sigalloc_realloc sigalloc_set_error_hook
+sigalloc_percpu_active sigalloc_disable_percpu
 sigalloc_stats_print sigalloc_trim sigalloc_usable_size sigalloc_version
 sigalloc_version_string"
 AO_NAMES="AO_free AO_malloc AO_malloc_enable_mmap"

@@ -120,6 +120,19 @@ int sigalloc_mmap_enabled(void) SIGALLOC_NOEXCEPT;
  * given back. Async-signal-safe: yes (lock-free, but it walks every mapped region). */
 size_t sigalloc_trim(void) SIGALLOC_NOEXCEPT;
 
+/* ---- Per-CPU caches. ------------------------------------------------------------- */
+
+/* Nonzero while the per-CPU caches serve allocations (Linux x86_64 with glibc 2.35 or
+ * later, after the first allocation; 0 before it, where rseq is unavailable, e.g. under
+ * GLIBC_TUNABLES=glibc.pthread.rseq=0 or valgrind, and after sigalloc_disable_percpu).
+ * Async-signal-safe: yes. */
+int sigalloc_percpu_active(void) SIGALLOC_NOEXCEPT;
+
+/* Turns the per-CPU caches off for good: every block parked in them goes back to the
+ * heap, and every later call takes the shared path (slower on a hit, the same
+ * guarantees). Async-signal-safe: yes (lock-free; one membarrier system call). */
+void sigalloc_disable_percpu(void) SIGALLOC_NOEXCEPT;
+
 /* Hands len bytes at mem to the heap for good (a static buffer, a memory bank).
  * Returns the bytes that now serve allocations, 0 if none (too small, or the region
  * table is full). mem must stay valid for the rest of the process and must not be used

@@ -197,6 +197,18 @@ fn forward_error(kind: ErrorKind, p: *mut u8) {
     posix::set_errno(saved);
 }
 
+/// Whether the per-CPU caches are in use: see `sigalloc.h`.
+#[no_mangle]
+pub extern "C" fn sigalloc_percpu_active() -> c_int {
+    c_int::from(heap().percpu_active())
+}
+
+/// Turns the per-CPU caches off for good: see `sigalloc.h`.
+#[no_mangle]
+pub extern "C" fn sigalloc_disable_percpu() {
+    heap().disable_percpu();
+}
+
 /// Installs the error hook (null removes it): see `sigalloc.h`.
 #[no_mangle]
 pub extern "C" fn sigalloc_set_error_hook(hook: ErrorHook) {

@@ -42,6 +42,8 @@
 #pragma weak sigalloc_set_error_hook
 #pragma weak sigalloc_max_align
 #pragma weak sigalloc_mmap_enabled
+#pragma weak sigalloc_percpu_active
+#pragma weak sigalloc_disable_percpu
 void *reallocarray(void *, size_t, size_t);
 void *pvalloc(size_t);
 void *valloc(size_t);
@@ -469,6 +471,39 @@ static void test_interposed(void) {
 }
 #endif
 
+/* The per-CPU caches' switch: whatever they were, after sigalloc_disable_percpu they
+ * are off, and allocations go on (distinct, usable, freed). Run last: it is for good. */
+static void test_percpu(void) {
+#ifndef PREFIXED
+    if (!sigalloc_percpu_active || !sigalloc_disable_percpu) {
+        CHECK(0, "the preload exports the per-CPU calls");
+        return;
+    }
+#endif
+    void *p = MALLOC(48);
+    CHECK(p != NULL, "malloc before the switch");
+    FREE(p);
+    int before = sigalloc_percpu_active();
+    CHECK(before == 0 || before == 1, "percpu_active is 0 or 1 (%d)", before);
+    sigalloc_disable_percpu();
+    CHECK(!sigalloc_percpu_active(), "the caches are off after sigalloc_disable_percpu");
+    unsigned char *q[200];
+    for (int i = 0; i < 200; i++) {
+        q[i] = MALLOC(16 + (size_t)i * 8);
+        CHECK(q[i] != NULL, "malloc %d with the caches off", i);
+        if (q[i]) fill(q[i], 16 + (size_t)i * 8, (unsigned)i);
+    }
+    for (int i = 0; i < 200; i++) {
+        if (!q[i]) continue;
+        CHECK(first_bad(q[i], 16 + (size_t)i * 8, (unsigned)i) == 16 + (size_t)i * 8,
+              "block %d kept its bytes", i);
+        FREE(q[i]);
+    }
+    sigalloc_disable_percpu(); /* idempotent */
+    CHECK(!sigalloc_percpu_active(), "still off");
+    printf("conformance (%s): per-CPU caches were %s, now off\n", MODE, before ? "on" : "off");
+}
+
 int main(void) {
 #ifndef PREFIXED
     void *brk0 = sbrk(0);
@@ -488,6 +523,7 @@ int main(void) {
     if (sigalloc_set_error_hook)
 #endif
         test_double_free();
+    test_percpu();
 #ifndef PREFIXED
     CHECK(sbrk(0) == brk0, "the program break moved: something used glibc's malloc");
 #endif
