@@ -989,11 +989,13 @@ impl Heap {
             // (`unpark_to_chunk`); its key tells whether it is parked already. The
             // live bit is read first so that no key lands in a block that was never
             // handed out (it may lie in a chunk known to be zero).
-            // SAFETY: the block was resolved to a small block of this heap, live.
-            if LIVE && !(d.is_live(idx) && unsafe { percpu::park_key(block) }) {
-                return Err(Refused::DoubleFree);
-            }
-            if !LIVE && !d.mark_freed(idx) {
+            let freed = if LIVE {
+                // SAFETY: the block was resolved to a small block of this heap, live.
+                d.is_live(idx) && unsafe { percpu::park_key(block) }
+            } else {
+                d.mark_freed(idx)
+            };
+            if !freed {
                 return Err(Refused::DoubleFree);
             }
         }

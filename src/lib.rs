@@ -160,13 +160,7 @@ impl<const HEAP: usize> SigAlloc<HEAP> {
             // none is built (the view lives on the stack, which would cost the hit a
             // frame).
             return match self.heap.unpark(size, align) {
-                Unparked::Block(p) => {
-                    if zeroed {
-                        // SAFETY: I1, the block is ours and at least `size` bytes long.
-                        unsafe { ptr::write_bytes(p, 0, size) };
-                    }
-                    p
-                }
+                Unparked::Block(p) => self.handed_out(Some((p, false)), size, align, zeroed),
                 missed => self.alloc_at_slow(size, align, zeroed, missed),
             };
         }

@@ -41,6 +41,18 @@ fn distinct(size: usize, n: usize) -> Vec<*mut u8> {
     out
 }
 
+/// Starts a test on `C`: the hook installed, the caches drained, the counters zeroed.
+/// Returns whether the caches are active; the guard keeps the tests apart.
+fn start(test: &str) -> (std::sync::MutexGuard<'static, ()>, bool) {
+    let serial = serial();
+    C.set_error_hook(Some(record));
+    let active = super::mode(&C, test);
+    C.drain_percpu();
+    DOUBLE_FREES.store(0, Ordering::Relaxed);
+    OTHER_ERRORS.store(0, Ordering::Relaxed);
+    (serial, active)
+}
+
 fn free_all(v: Vec<*mut u8>) {
     for q in v {
         // SAFETY: each a live block of `C`, freed once.
@@ -51,12 +63,7 @@ fn free_all(v: Vec<*mut u8>) {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn double_free_of_a_block_parked_in_a_magazine_is_reported() {
-    let _serial = serial();
-    C.set_error_hook(Some(record));
-    let active = super::mode(&C, "checked double free");
-    C.drain_percpu();
-    DOUBLE_FREES.store(0, Ordering::Relaxed);
-    OTHER_ERRORS.store(0, Ordering::Relaxed);
+    let (_serial, active) = start("checked double free");
 
     // Parked in this thread's magazine, then freed again.
     let p = C.malloc(40);
@@ -121,12 +128,7 @@ fn double_free_of_a_block_parked_in_a_magazine_is_reported() {
 #[test]
 #[cfg_attr(miri, ignore)]
 fn frees_of_parked_blocks_never_handed_out_and_racing_frees_are_caught() {
-    let _serial = serial();
-    C.set_error_hook(Some(record));
-    let active = super::mode(&C, "checked racing frees");
-    C.drain_percpu();
-    DOUBLE_FREES.store(0, Ordering::Relaxed);
-    OTHER_ERRORS.store(0, Ordering::Relaxed);
+    let (_serial, active) = start("checked racing frees");
 
     // A refill parks the rest of its batch: the blocks after `p` in its chunk sit in
     // this CPU's magazine (with the caches off they are free in the chunk), never

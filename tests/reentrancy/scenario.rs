@@ -123,13 +123,7 @@ impl Scenario {
         let live_bit = usize::from(cfg!(feature = "checked"));
         // Checked mode with the caches built (even off, as here) also swaps a freed
         // block's key in before the live bit (see `percpu`'s docs on keys).
-        let key = usize::from(cfg!(all(
-            feature = "checked",
-            feature = "percpu",
-            target_os = "linux",
-            target_env = "gnu",
-            target_arch = "x86_64"
-        )));
+        let key = usize::from(cfg!(feature = "checked") && sigalloc::PERCPU_CACHES > 0);
         match self {
             // The slot swap, the CAS taking the shared list, the put-back CAS.
             AllocTakeShared => Some(3 + live_bit),
